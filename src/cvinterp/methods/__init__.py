@@ -1,0 +1,1 @@
+"""One module per paper's method, named after the method."""

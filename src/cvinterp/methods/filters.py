@@ -1,0 +1,130 @@
+"""Krizhevsky et al. 2012, Fig. 3: the conv1 kernels, and how colour-selective each tower is.
+
+The figure shows every first-layer kernel min-max normalised on its own, arranged by group
+(the paper's two GPUs). The paper observes that one group's kernels are largely
+colour-agnostic and the other's colour-specific. We measure each kernel's colour selectivity
+as the fraction of its energy outside the achromatic direction (R = G = B):
+
+    selectivity(W) = ||W - mean_c W||^2 / ||W||^2
+
+0 for a grey kernel, 1 for a purely colour-opponent one, 2/3 on average for random weights.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import mannwhitneyu  # noqa: E402
+
+RANDOM_SELECTIVITY = 2 / 3
+
+
+def colour_selectivity(kernels: torch.Tensor) -> torch.Tensor:
+    """Fraction of each kernel's energy outside the achromatic direction; (N,3,k,k) -> (N,)."""
+    if kernels.shape[1] != 3:
+        raise ValueError(f"colour selectivity needs 3 input channels, got {kernels.shape[1]}")
+    k = kernels.double()
+    chroma = k - k.mean(dim=1, keepdim=True)
+    total = k.pow(2).sum(dim=(1, 2, 3)).clamp_min(1e-30)
+    return (chroma.pow(2).sum(dim=(1, 2, 3)) / total).float()
+
+
+def normalise_each(kernels: torch.Tensor) -> np.ndarray:
+    """Min-max normalise every kernel on its own; (N,C,k,k) -> (N,k,k,C) in [0, 1]."""
+    k = kernels.detach().double()
+    lo = k.amin(dim=(1, 2, 3), keepdim=True)
+    hi = k.amax(dim=(1, 2, 3), keepdim=True)
+    k = (k - lo) / (hi - lo).clamp_min(1e-12)
+    return k.permute(0, 2, 3, 1).numpy()
+
+
+def group_stats(kernels: torch.Tensor, groups: int) -> list[dict]:
+    """Colour selectivity per group of output channels (consecutive, equal-sized groups)."""
+    sel = colour_selectivity(kernels).numpy()
+    out = []
+    for g, part in enumerate(np.array_split(sel, groups)):
+        out.append({
+            "group": g + 1,
+            "n_filters": int(part.size),
+            "mean_selectivity": float(part.mean()),
+            "median_selectivity": float(np.median(part)),
+            "fraction_colour_specific": float((part > 0.5).mean()),
+            "selectivity": [round(float(v), 5) for v in part],
+        })  # fmt: skip
+    return out
+
+
+def group_contrast(kernels: torch.Tensor, groups: int) -> dict:
+    """Compare the groups' colour selectivity: ratio of means and a Mann-Whitney U test."""
+    if groups != 2:
+        raise ValueError("the colour contrast compares exactly two groups")
+    a, b = np.array_split(colour_selectivity(kernels).numpy(), 2)
+    low, high = (a, b) if a.mean() <= b.mean() else (b, a)
+    test = mannwhitneyu(high, low, alternative="two-sided")
+    return {
+        "colour_specific_group": 2 if a.mean() <= b.mean() else 1,
+        "mean_selectivity_low": float(low.mean()),
+        "mean_selectivity_high": float(high.mean()),
+        "median_selectivity_low": float(np.median(low)),
+        "ratio_high_to_low": float(high.mean() / max(low.mean(), 1e-12)),
+        "mann_whitney_u": float(test.statistic),
+        "mann_whitney_p": float(test.pvalue),
+    }
+
+
+def plot_kernels(kernels: torch.Tensor, groups: int, title: str, path, bgr: bool = False):
+    """The Fig. 3 layout: one panel per group, kernels min-max normalised one by one."""
+    imgs = normalise_each(kernels)
+    if bgr:
+        imgs = imgs[..., ::-1]
+    parts = np.array_split(np.arange(len(imgs)), groups)
+    sel = colour_selectivity(kernels).numpy() if kernels.shape[1] == 3 else None
+    cols = 8 if groups > 1 else 16
+    rows = [int(np.ceil(len(p) / cols)) for p in parts]
+    fig, axes = plt.subplots(
+        1, groups, figsize=(cols * 0.55 * groups + 0.4, max(rows) * 0.55 + 0.9), squeeze=False
+    )
+    for ax, idx, r in zip(axes[0], parts, rows, strict=True):
+        k = imgs.shape[1]
+        canvas = np.ones((r * (k + 1) - 1, cols * (k + 1) - 1, imgs.shape[-1]))
+        for j, i in enumerate(idx):
+            y, x = divmod(j, cols)
+            canvas[y * (k + 1) : y * (k + 1) + k, x * (k + 1) : x * (k + 1) + k] = imgs[i]
+        ax.imshow(
+            canvas.squeeze(-1) if canvas.shape[-1] == 1 else canvas,
+            cmap="gray",
+            interpolation="nearest",
+            vmin=0,
+            vmax=1,
+        )
+        label = f"group {idx[0] // len(idx) + 1}" if groups > 1 else f"{len(idx)} kernels"
+        if sel is not None:
+            label += f" — mean colour selectivity {sel[idx].mean():.2f}"
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def plot_selectivity(per_model: dict[str, tuple[torch.Tensor, int]], path):
+    """Histogram of colour selectivity per model and group (colour models only)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    bins = np.linspace(0, 1, 26)
+    for name, (kernels, groups) in per_model.items():
+        sel = colour_selectivity(kernels).numpy()
+        for g, part in enumerate(np.array_split(sel, groups)):
+            label = name if groups == 1 else f"{name} group {g + 1}"
+            ax.hist(part, bins=bins, histtype="step", linewidth=1.5, label=label)
+    ax.axvline(RANDOM_SELECTIVITY, color="grey", linestyle=":", label="random weights (2/3)")
+    ax.set_xlabel("colour selectivity (energy outside R=G=B)")
+    ax.set_ylabel("conv1 kernels")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)

@@ -1,0 +1,238 @@
+"""The model registry: build any architecture by name, with its metadata as data.
+
+Every model, trained here or imported, is stored as one checkpoint format
+(`save_checkpoint` / `load_checkpoint`): a state dict plus the architecture, its arguments and
+the preprocessing, loaded with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from cvinterp.models.all_cnn import AllCNNC
+from cvinterp.models.two_tower import TwoTowerAlexNet
+
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct
+
+ARCHS = ("two_tower_alexnet", "all_cnn_c", "squeezenet1_1", "alexnet", "vgg16", "resnet18")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated or not one of ours."""
+
+
+@dataclass
+class Preprocessing:
+    """How uint8 RGB pixels become the network's input."""
+
+    value_range: float = 1.0
+    mean: list[float] = field(default_factory=lambda: [0.5])
+    std: list[float] = field(default_factory=lambda: [0.25])
+    bgr: bool = False
+    input_size: int | None = None
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (N,H,W,C) RGB -> float (N,C,H,W), scaled, channel-ordered and normalised."""
+        x = (
+            torch.as_tensor(np.array(images, copy=True))
+            if isinstance(images, np.ndarray)
+            else images
+        )
+        x = x.permute(0, 3, 1, 2).float()
+        x = x * (self.value_range / 255.0)
+        if self.bgr:
+            x = x.flip(1)
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def zoo() -> dict:
+    """Model metadata (input size, value range, mean/std, BGR, named layers) per architecture."""
+    return yaml.safe_load(files("cvinterp.models").joinpath("zoo.yaml").read_text())
+
+
+def layer_path(arch: str, layer: str) -> str:
+    """Module path of a paper-named layer, e.g. ('alexnet', 'conv5') -> 'features.10'."""
+    layers = zoo()[arch]["layers"]
+    if layer not in layers:
+        raise KeyError(f"{arch} has no layer {layer!r}; named layers: {', '.join(layers)}")
+    return layers[layer]
+
+
+def get_layer(model: nn.Module, arch: str, layer: str) -> nn.Module:
+    return model.get_submodule(layer_path(arch, layer))
+
+
+def default_preprocessing(arch: str) -> Preprocessing:
+    meta = zoo()[arch]
+    if meta["mean"] is None:
+        return Preprocessing(input_size=meta["input_size"])
+    return Preprocessing(
+        meta["value_range"], meta["mean"], meta["std"], meta["bgr"], meta["input_size"]
+    )
+
+
+def _no_inplace(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return model
+
+
+def build(arch: str, num_classes: int = 1000, in_channels: int = 3, **arch_args) -> nn.Module:
+    """A freshly initialised model (seed torch first for a reproducible init)."""
+    if arch == "two_tower_alexnet":
+        return TwoTowerAlexNet(in_channels, num_classes, **arch_args)
+    if arch == "all_cnn_c":
+        return AllCNNC(in_channels, num_classes, **arch_args)
+    if arch in ("squeezenet1_1", "alexnet", "vgg16", "resnet18"):
+        import torchvision
+
+        if in_channels != 3:
+            raise ValueError(f"{arch} takes 3 input channels, not {in_channels}")
+        net = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes, **arch_args)
+        return _no_inplace(net)
+    raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    arch_args: dict,
+    preprocessing: Preprocessing,
+    classes: list[str],
+    meta: dict | None = None,
+) -> None:
+    """Write a checkpoint atomically (a partial file never has the final name)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": "cvinterp-checkpoint-1",
+        "arch": arch,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "arch_args": dict(arch_args),
+        "preprocessing": preprocessing.to_dict(),
+        "classes": list(classes),
+        "meta": dict(meta or {}),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint safely (weights_only) and check it is one of ours."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist: run the workflow to create it")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle, ...
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt, truncated or not a weights-only file ({err}); "
+            "delete it and run the workflow again to recreate it"
+        ) from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "cvinterp-checkpoint-1":
+        raise CheckpointError(f"{path} is not a cvinterp checkpoint (no 'format' marker)")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
+    """(model in eval mode on `device`, preprocessing, checkpoint dict)."""
+    ckpt = read_checkpoint(path)
+    model = build(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], **ckpt["arch_args"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), Preprocessing(**ckpt["preprocessing"]), ckpt
+
+
+# --- imported ImageNet weights -------------------------------------------------------------
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays, lists, dicts and scalars, nothing else (a pickle can run code)."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights pickle")
+        if name == "_reconstruct":
+            return _reconstruct
+        return getattr(np, name)
+
+
+def read_array_pickle(path: str | Path) -> dict:
+    with open(path, "rb") as fh:
+        try:
+            return _ArraysOnly(fh).load()
+        except (pickle.UnpicklingError, EOFError) as err:
+            raise CheckpointError(f"{path}: not a plain pickle of arrays ({err})") from err
+
+
+def squeezenet_from_ndf(pickle_path: str | Path) -> nn.Module:
+    """torchvision's squeezenet1_1 carrying the Caffe ImageNet weights shipped in ndf."""
+    weights = read_array_pickle(pickle_path)
+    model = build("squeezenet1_1", 1000)
+    fire_names = {"squeeze1x1": "squeeze", "expand1x1": "expand1x1", "expand3x3": "expand3x3"}
+    state = {}
+    for name, (kernel, bias) in weights.items():
+        if name == "conv1":
+            prefix = layer_path("squeezenet1_1", "conv1")
+        elif name == "conv10":
+            prefix = layer_path("squeezenet1_1", "conv10")
+        else:
+            fire, part = name.split("/")
+            prefix = f"{layer_path('squeezenet1_1', fire)}.{fire_names[part]}"
+        state[f"{prefix}.weight"] = torch.from_numpy(
+            np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+        )
+        state[f"{prefix}.bias"] = torch.from_numpy(np.asarray(bias))
+    missing = set(model.state_dict()) - set(state)
+    if missing:
+        raise CheckpointError(f"{pickle_path} lacks weights for {sorted(missing)}")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def torchvision_pretrained(arch: str, hub_dir: str | Path) -> nn.Module:
+    """ImageNet weights from torchvision (download verified by the hash in its file name)."""
+    import torchvision
+
+    torch.hub.set_dir(str(hub_dir))
+    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"cannot download {weights.url} ({type(err).__name__}: {err}). Offline? Fetch it on "
+            f"a machine with internet into {Path(hub_dir) / 'checkpoints'}"
+        ) from err
+    model = build(arch, 1000)
+    model.load_state_dict(state)
+    return model.eval()

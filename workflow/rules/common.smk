@@ -1,0 +1,69 @@
+import datetime
+from pathlib import Path
+
+from cvinterp.config import check_version_folder, claim_version_folder, resolve, version_of
+
+# A profile given with --configfile replaces config/config.yaml instead of being merged into
+# it (profiles are complete files); --config key=value still overrides single keys.
+if workflow.config_settings.configfiles:
+    config.clear()
+    config.update(workflow.config_settings.overwrite_config)
+
+# Validate once: unknown keys and wrong types stop here, naming the key; defaults are filled.
+_resolved = resolve(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+config.clear()
+config.update(_resolved)
+
+VERSION = version_of(config)
+RESULTS = f"results/{VERSION}"
+RESOURCES = config["resources_dir"]
+CLAIMS = sorted(str(p) for p in (Path(workflow.basedir) / "config/claims").glob("*.yaml"))
+EXPERIMENTS = list(config["experiments"])
+START_FILE = f".snakemake/cvinterp/{VERSION}.start"
+
+check_version_folder(RESULTS, config)
+
+wildcard_constraints:
+    model="|".join(config["models"]),
+
+
+onstart:
+    claim_version_folder(RESULTS, config)
+    Path(START_FILE).parent.mkdir(parents=True, exist_ok=True)
+    Path(START_FILE).write_text(datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+    print(f"cvinterp: writing results/{VERSION}/ (profile {config['profile']})")
+
+
+def model_spec(wildcards):
+    return config["models"][wildcards.model]
+
+
+def model_inputs(wildcards):
+    """Files a model's job reads: its dataset when it is fetched by a rule."""
+    spec = config["models"][wildcards.model]
+    if spec.get("weights", "train") == "train" and spec["dataset"] == "fashion_mnist":
+        return fashion_mnist_files()
+    return []
+
+
+def fashion_mnist_files():
+    names = [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]
+    return [f"{RESOURCES}/fashion-mnist/{n}" for n in names]
+
+
+def experiment_outputs(name):
+    if name == "filters":
+        return filters_outputs()
+    raise ValueError(f"no rule produces experiment {name!r}")
+
+
+def final_outputs():
+    outs = [f"{RESULTS}/compare.tsv", f"{RESULTS}/provenance.json", f"{RESULTS}/references.bib"]
+    for name in EXPERIMENTS:
+        outs += experiment_outputs(name)
+    return outs

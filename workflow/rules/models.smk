@@ -1,0 +1,22 @@
+rule model:
+    input:
+        model_inputs,
+    output:
+        checkpoint=f"{RESULTS}/models/{{model}}.pt",
+        metrics=f"{RESULTS}/metrics/models/{{model}}.json",
+    log:
+        f"{RESULTS}/logs/models/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/models/{{model}}.tsv"
+    params:
+        spec=model_spec,
+        partial=f"{RESULTS}/models/partial/{{model}}.pt",
+        fashion_dir=f"{RESOURCES}/fashion-mnist",
+        hub_dir=f"{RESOURCES}/torch-hub",
+    threads: config["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=1 if config["device"] in ("auto", "cuda") and config["profile"] == "paper" else 0,
+    script:
+        "../scripts/model.py"

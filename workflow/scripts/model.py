@@ -1,0 +1,18 @@
+from cvinterp.logs import logged
+from cvinterp.pipeline import make_model
+
+with logged(snakemake.log[0]):
+    make_model(
+        snakemake.wildcards.model,
+        snakemake.params.spec,
+        datasets=snakemake.config["datasets"],
+        fashion_dir=snakemake.params.fashion_dir,
+        cifar_dir=None,
+        hub_dir=snakemake.params.hub_dir,
+        seed=snakemake.config["seed"],
+        device=snakemake.config["device"],
+        threads=snakemake.threads,
+        checkpoint=snakemake.output.checkpoint,
+        metrics=snakemake.output.metrics,
+        partial=snakemake.params.partial,
+    )
