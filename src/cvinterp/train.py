@@ -63,12 +63,14 @@ def train_classifier(
     device: torch.device,
     resume_path: str | Path | None = None,
     progress: bool = True,
+    stop_after_epoch: int | None = None,
 ):
     """Train `arch` on `train` with SGD; return (model, preprocessing, metrics).
 
     After every epoch the full training state is written to `resume_path`; a later call with
     the same arguments continues from there and ends with the same weights as an
-    uninterrupted run (the shuffling of epoch e depends only on (seed, e)).
+    uninterrupted run (shuffling and dropout of epoch e depend only on (seed, e)).
+    `stop_after_epoch` ends the run early (as an interruption would), returning None.
     """
     mean, std = channel_stats(train)
     pre = Preprocessing(1.0, mean, std, False, train.images.shape[1])
@@ -102,6 +104,7 @@ def train_classifier(
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         model.train()
+        torch.manual_seed(seed * 1000 + epoch)  # dropout of epoch e depends only on (seed, e)
         order = torch.randperm(
             len(train), generator=torch.Generator().manual_seed(seed * 1000 + epoch)
         )
@@ -141,6 +144,8 @@ def train_classifier(
                 tmp,
             )
             tmp.replace(resume_path)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch < epochs:
+            return None
     final = evaluate(model, test, pre, device)
     metrics = {
         "test_accuracy": final["accuracy"],

@@ -1,7 +1,12 @@
 import datetime
 from pathlib import Path
 
-from cvinterp.config import check_version_folder, claim_version_folder, resolve, version_of
+from cvinterp.config import (
+    check_version_folder,
+    claim_version_folder,
+    resolve,
+    version_of,
+)
 
 # A profile given with --configfile replaces config/config.yaml instead of being merged into
 # it (profiles are complete files); --config key=value still overrides single keys.
@@ -10,18 +15,23 @@ if workflow.config_settings.configfiles:
     config.update(workflow.config_settings.overwrite_config)
 
 # Validate once: unknown keys and wrong types stop here, naming the key; defaults are filled.
-_resolved = resolve(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+_resolved = resolve(
+    config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
+)
 config.clear()
 config.update(_resolved)
 
 VERSION = version_of(config)
 RESULTS = f"results/{VERSION}"
 RESOURCES = config["resources_dir"]
-CLAIMS = sorted(str(p) for p in (Path(workflow.basedir) / "config/claims").glob("*.yaml"))
+CLAIMS = sorted(
+    str(p) for p in (Path(workflow.basedir) / "config/claims").glob("*.yaml")
+)
 EXPERIMENTS = list(config["experiments"])
 START_FILE = f".snakemake/cvinterp/{VERSION}.start"
 
 check_version_folder(RESULTS, config)
+
 
 wildcard_constraints:
     model="|".join(config["models"]),
@@ -30,7 +40,9 @@ wildcard_constraints:
 onstart:
     claim_version_folder(RESULTS, config)
     Path(START_FILE).parent.mkdir(parents=True, exist_ok=True)
-    Path(START_FILE).write_text(datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+    Path(START_FILE).write_text(
+        datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    )
     print(f"cvinterp: writing results/{VERSION}/ (profile {config['profile']})")
 
 
@@ -56,6 +68,21 @@ def fashion_mnist_files():
     return [f"{RESOURCES}/fashion-mnist/{n}" for n in names]
 
 
+def filters_outputs():
+    figs = [
+        f"{RESULTS}/figures/filters/{m}.png"
+        for m in config["experiments"]["filters"]["models"]
+    ]
+    return figs + [
+        f"{RESULTS}/figures/filters/colour_selectivity.png",
+        f"{RESULTS}/metrics/filters.json",
+    ]
+
+
+def experiment_metrics():
+    return {e: f"{RESULTS}/metrics/{e}.json" for e in EXPERIMENTS}
+
+
 def experiment_outputs(name):
     if name == "filters":
         return filters_outputs()
@@ -63,7 +90,11 @@ def experiment_outputs(name):
 
 
 def final_outputs():
-    outs = [f"{RESULTS}/compare.tsv", f"{RESULTS}/provenance.json", f"{RESULTS}/references.bib"]
+    outs = [
+        f"{RESULTS}/compare.tsv",
+        f"{RESULTS}/provenance.json",
+        f"{RESULTS}/references.bib",
+    ]
     for name in EXPERIMENTS:
         outs += experiment_outputs(name)
     return outs

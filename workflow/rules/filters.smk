@@ -1,14 +1,6 @@
 FILTERS = config["experiments"].get("filters", {})
 
 
-def filters_outputs():
-    figs = [f"{RESULTS}/figures/filters/{m}.png" for m in FILTERS["models"]]
-    return figs + [
-        f"{RESULTS}/figures/filters/colour_selectivity.png",
-        f"{RESULTS}/metrics/filters.json",
-    ]
-
-
 if FILTERS:
 
     rule filters:
@@ -35,12 +27,14 @@ if FILTERS:
             f"{RESULTS}/logs/filters.log",
         benchmark:
             f"{RESULTS}/benchmarks/filters.tsv"
-        params:
-            models=FILTERS["models"],
-            colour_model=FILTERS["colour_model"],
+        conda:
+            "../envs/cvinterp.yaml"
         threads: 1
         resources:
             mem_mb=2000,
             runtime=10,
+        params:
+            models=FILTERS["models"],
+            colour_model=FILTERS["colour_model"],
         script:
             "../scripts/filters.py"

@@ -8,15 +8,21 @@ rule model:
         f"{RESULTS}/logs/models/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/models/{{model}}.tsv"
+    conda:
+        "../envs/cvinterp.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=(
+            1
+            if config["device"] in ("auto", "cuda") and config["profile"] == "paper"
+            else 0
+        ),
     params:
         spec=model_spec,
         partial=f"{RESULTS}/models/partial/{{model}}.pt",
         fashion_dir=f"{RESOURCES}/fashion-mnist",
         hub_dir=f"{RESOURCES}/torch-hub",
-    threads: config["threads"]
-    resources:
-        mem_mb=4000,
-        runtime=120,
-        gpu=1 if config["device"] in ("auto", "cuda") and config["profile"] == "paper" else 0,
     script:
         "../scripts/model.py"

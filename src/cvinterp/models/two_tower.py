@@ -50,6 +50,11 @@ class TwoTowerAlexNet(nn.Module):
         self.fc7 = nn.Linear(fc, fc)
         self.relu7 = nn.ReLU()
         self.fc8 = nn.Linear(fc, num_classes)
+        for m in self.modules():  # He init: the net trains from scratch without a slow start
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.fc8.weight, std=0.01)  # small logits at the start
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool1(self.norm1(self.relu1(self.conv1(x))))

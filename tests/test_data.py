@@ -1,0 +1,123 @@
+"""The data layer on each default source, checksums and safe extraction."""
+
+import gzip
+import io
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+
+from cvinterp.data import DataError, load_images, photo_names, photos
+from cvinterp.data.fetch import DOWNLOADS, file_hash, safe_extract, verify
+from cvinterp.data.images import read_idx
+
+
+def test_fashion_mnist_real_files(fashion_dir):
+    train = load_images("fashion_mnist", "train", folder=fashion_dir)
+    test = load_images("fashion_mnist", "test", folder=fashion_dir)
+    assert train.images.shape == (60000, 28, 28, 1) and test.images.shape == (10000, 28, 28, 1)
+    assert np.bincount(train.labels).tolist() == [6000] * 10  # balanced, as published
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+    assert train.classes[9] == "Ankle boot"
+    # real images: a trouser (class 1) is taller than wide, dark background
+    trouser = train.images[train.labels == 1].mean(0)[..., 0]
+    assert trouser[:, 14].mean() > trouser[14, :].mean()
+    assert 60 < train.images.mean() < 80  # Fashion-MNIST's mean pixel is ~72.9
+
+
+def test_fashion_mnist_missing_and_truncated(tmp_path, fashion_dir):
+    with pytest.raises(DataError, match="get_fashion_mnist rule"):
+        load_images("fashion_mnist", "train", folder=tmp_path)
+    bad = tmp_path / "t10k-images-idx3-ubyte.gz"
+    raw = gzip.decompress((fashion_dir / bad.name).read_bytes())
+    bad.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(bad)
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        verify(bad, DOWNLOADS[bad.name][1])
+
+
+def test_mnist5k_and_digits():
+    tr, te = load_images("mnist5k", "train"), load_images("mnist5k", "test")
+    assert len(tr) == 4000 and len(te) == 1000 and tr.images.shape[1:] == (28, 28, 1)
+    assert set(np.unique(tr.labels)) == set(range(10))
+    d = load_images("digits", "train")
+    assert d.images.shape[1:] == (8, 8, 1) and d.images.max() == 255
+
+
+def test_bundled_photos_are_real_colour_images():
+    imgs = photos()
+    assert list(imgs) == photo_names() and len(imgs) == 12
+    for name, img in imgs.items():
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, name
+        assert min(img.shape[:2]) >= 256, name
+    # colour, not grey: chroma is substantial in the coffee photo
+    coffee = imgs["coffee"].astype(float)
+    assert np.abs(coffee - coffee.mean(2, keepdims=True)).mean() > 10
+
+
+def test_photo_patches_are_deterministic_and_splits_disjoint():
+    a = load_images("photo_patches", "train", patch_size=16, n_train=300, seed=3)
+    b = load_images("photo_patches", "train", patch_size=16, n_train=300, seed=3)
+    t = load_images("photo_patches", "test", patch_size=16, n_test=300, seed=3)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    assert a.images.shape == (300, 16, 16, 3) and len(a.classes) == 12
+    assert not np.array_equal(a.images[:50], t.images[:50])
+    # test crops come from the right 20% of each photo: no test patch equals a train patch
+    train_set = {p.tobytes() for p in a.images}
+    assert not any(p.tobytes() in train_set for p in t.images)
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(DataError, match="unknown image dataset"):
+        load_images("imagenet21k", "train")
+    with pytest.raises(ValueError, match="split"):
+        load_images("digits", "val")
+
+
+def test_safe_extract_refuses_escaping_members(tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("ok.txt", "fine")
+        zf.writestr("../escape.txt", "bad")
+    with pytest.raises(DataError, match="refusing member"):
+        safe_extract(evil, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+
+    evil_tar = tmp_path / "evil.tar"
+    with tarfile.open(evil_tar, "w") as tf:
+        info = tarfile.TarInfo("link")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(info)
+    with pytest.raises(DataError, match="refusing member"):
+        safe_extract(evil_tar, tmp_path / "out2")
+
+    good = tmp_path / "good.tar"
+    with tarfile.open(good, "w") as tf:
+        data = b"hello"
+        info = tarfile.TarInfo("sub/a.txt")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    assert (safe_extract(good, tmp_path / "out3") / "sub" / "a.txt").read_bytes() == data
+
+
+def test_download_offline_gives_one_clear_message(tmp_path, monkeypatch):
+    import socket
+
+    from cvinterp.data.fetch import download
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(DataError, match=r"offline: fetch the file.*ptb\.train\.txt"):
+        download("ptb.train.txt", tmp_path)
+
+
+def test_file_hash(tmp_path):
+    p = tmp_path / "x"
+    p.write_bytes(b"abc")
+    assert file_hash(p, "md5") == "900150983cd24fb0d6963f7d28e17f72"
+    verify(p, "sha256:nope", "md5:900150983cd24fb0d6963f7d28e17f72")  # any pinned hash matches

@@ -1,0 +1,64 @@
+"""Training is deterministic on the CPU and resumes after an interruption to the same result."""
+
+import pytest
+import torch
+
+from cvinterp.data import load_images
+from cvinterp.runtime import seed_everything
+from cvinterp.train import train_classifier
+
+ARGS = dict(
+    epochs=2,
+    batch_size=32,
+    lr=0.02,
+    momentum=0.9,
+    weight_decay=5e-4,
+    lr_milestones=[1],
+    seed=0,
+    device=torch.device("cpu"),
+    progress=False,
+)
+ARCH = ("two_tower_alexnet", {"widths": [16, 32, 32, 32, 32], "conv1_kernel": 5, "fc": 32})
+
+
+def data():
+    return load_images("mnist5k", "train")[::2], load_images("mnist5k", "test")[::4]
+
+
+@pytest.fixture(scope="module")
+def full_run():
+    seed_everything(0, 1)
+    return train_classifier(*ARCH, *data(), **ARGS)
+
+
+def test_same_seed_same_weights_and_metrics(full_run):
+    tr, te = data()
+    a, _, ma = full_run
+    b, _, mb = train_classifier(*ARCH, tr, te, **ARGS)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert ma["history"] == mb["history"]
+    assert ma["test_accuracy"] > 0.3  # it really learns the digits (chance: 0.1)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, full_run):
+    tr, te = data()
+    full, _, m_full = full_run
+    partial = tmp_path / "partial.pt"
+    assert train_classifier(*ARCH, tr, te, **ARGS, resume_path=partial, stop_after_epoch=1) is None
+    assert torch.load(partial, weights_only=True)["epoch"] == 1
+    resumed, _, m_res = train_classifier(*ARCH, tr, te, **ARGS, resume_path=partial)
+    for (k, va), vb in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert m_full["test_accuracy"] == m_res["test_accuracy"]
+    assert [h["epoch"] for h in m_res["history"]] == [1, 2]
+
+
+def test_partial_state_of_other_settings_is_ignored(tmp_path):
+    seed_everything(0, 1)
+    tr, te = data()
+    partial = tmp_path / "partial.pt"
+    train_classifier(*ARCH, tr, te, **ARGS, resume_path=partial, stop_after_epoch=1)
+    other = dict(ARGS, lr=0.01)
+    _, _, m = train_classifier(*ARCH, tr, te, **other, resume_path=partial)
+    assert [h["epoch"] for h in m["history"]] == [1, 2]  # started from scratch

@@ -1,0 +1,149 @@
+"""The workflow end to end: smoke profile into a temp dir, versioned results, paper dry run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def copy_workflow(dest: Path) -> Path:
+    for item in ("Snakefile", "workflow", "config", "profiles"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
+    return dest
+
+
+def snakemake(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SNAKEMAKE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, fashion_dir):
+    wd = copy_workflow(tmp_path_factory.mktemp("wf"))
+    shared = f"resources_dir={ROOT / 'resources'}"
+    res = snakemake(wd, "--configfile", "config/smoke.yaml", "-c", "2", "--config", shared)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (version,) = [p for p in (wd / "results").iterdir()]
+    return wd, version, shared
+
+
+def test_smoke_run_writes_every_result(smoke):
+    wd, out, _ = smoke
+    assert out.name.startswith("smoke-")
+    rows = list(csv.DictReader((out / "compare.tsv").open(), delimiter="\t"))
+    assert {"experiment", "claim", "metric", "paper", "ours", "verdict", "source"} <= set(rows[0])
+    assert len(rows) == 3 and {r["verdict"] for r in rows} <= {"pass", "fail", "n/a"}
+    measured = [r for r in rows if r["verdict"] != "n/a"]
+    assert len(measured) == 2 and all(r["ours"].startswith("tower_photos:") for r in measured)
+    grey = [r for r in rows if "Fashion-MNIST" in r["claim"]][0]
+    assert grey["verdict"] == "n/a" and "grey" in grey["reason"]
+
+    for name in ("tower_fmnist", "tower_photos", "squeezenet", "colour_selectivity"):
+        png = out / "figures" / "filters" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    metrics = json.loads((out / "metrics" / "filters.json").read_text())
+    assert metrics["models"]["squeezenet"]["shape"] == [64, 3, 3, 3]
+    assert metrics["models"]["tower_photos"]["groups"] == 2
+    sq = json.loads((out / "metrics" / "models" / "squeezenet.json").read_text())
+    assert all(c["correct"] for c in sq["imagenet_photo_check"].values())
+    fm = json.loads((out / "metrics" / "models" / "tower_fmnist.json").read_text())
+    assert fm["n_train"] == 1024 and fm["test_accuracy"] > 0.3  # learnt something real
+
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["version"] == out.name
+    assert prov["config"] == json.loads((out / "config.json").read_text())
+    assert prov["start"] <= prov["end"]
+    assert prov["packages"]["torch"] and prov["device"]["torch"]
+    assert set(prov["git"]) == {"commit", "describe", "dirty"}
+    for sub in ("models", "metrics", "figures", "logs", "benchmarks"):
+        assert (out / sub).is_dir()
+    assert (out / "references.bib").read_text().count("@") >= 11
+
+
+def test_rerun_does_nothing_and_other_configs_get_their_own_folder(smoke):
+    wd, out, shared = smoke
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    res = snakemake(wd, "--configfile", "config/smoke.yaml", "-c", "2", "--config", shared)
+    assert res.returncode == 0 and "Nothing to be done" in res.stdout + res.stderr
+
+    res = snakemake(wd, "--configfile", "config/smoke.yaml", "-n", "--config", shared, "seed=1")
+    assert res.returncode == 0
+    plan = res.stdout + res.stderr
+    assert "results/smoke-" in plan and f"results/{out.name}/" not in plan
+
+    res = snakemake(
+        wd,
+        "--configfile",
+        "config/smoke.yaml",
+        "-c",
+        "1",
+        "--config",
+        shared,
+        "seed=2",
+        f"version={out.name}",
+    )
+    assert res.returncode != 0 and "never overwritten" in res.stdout + res.stderr
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert after == before  # nothing in the first version was touched
+
+
+def test_bad_config_key_fails_at_once_naming_it(smoke):
+    wd, _, shared = smoke
+    res = snakemake(wd, "--configfile", "config/smoke.yaml", "-n", "--config", shared, "seeed=3")
+    assert res.returncode != 0 and "unknown config key 'seeed'" in res.stdout + res.stderr
+
+
+def test_report_has_every_figure_and_the_table(smoke, tmp_path):
+    wd, out, shared = smoke
+    report = tmp_path / "report.html"
+    res = snakemake(
+        wd, "--configfile", "config/smoke.yaml", "--config", shared, "--report", str(report)
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    html = report.read_text()
+    for name in (
+        "tower_fmnist.png",
+        "squeezenet.png",
+        "colour_selectivity.png",
+        "compare.tsv",
+        "references.bib",
+    ):
+        assert name in html
+    assert "Krizhevsky" in html
+
+
+def test_paper_profile_plans_without_touching_the_network(tmp_path):
+    wd = copy_workflow(tmp_path / "wf")
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(
+        "import socket\n"
+        "def _no(*a, **k):\n"
+        "    raise RuntimeError('network access during a dry run')\n"
+        "socket.socket.connect = _no\n"
+        "socket.getaddrinfo = _no\n"
+        "socket.create_connection = _no\n"
+    )
+    res = snakemake(wd, "-n", "--configfile", "config/paper.yaml", env={"PYTHONPATH": str(guard)})
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    plan = res.stdout + res.stderr
+    assert "results/paper-" in plan and "models/alexnet.pt" in plan
+    assert not (wd / "results").exists() and not (wd / "resources").exists()
