@@ -121,3 +121,16 @@ def test_file_hash(tmp_path):
     p.write_bytes(b"abc")
     assert file_hash(p, "md5") == "900150983cd24fb0d6963f7d28e17f72"
     verify(p, "sha256:nope", "md5:900150983cd24fb0d6963f7d28e17f72")  # any pinned hash matches
+
+
+def test_imagenet_val_needs_a_real_folder(tmp_path):
+    from cvinterp.data.images import imagenet_val
+
+    with pytest.raises(DataError, match="never downloaded; set datasets.imagenet_val.dir"):
+        imagenet_val(None)
+    (tmp_path / "n01440764").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "n01440764" / "a.JPEG")
+    with pytest.raises(DataError, match="has 1 class folders"):
+        imagenet_val(tmp_path)

@@ -131,7 +131,9 @@ def test_report_has_every_figure_and_the_table(smoke, tmp_path):
 
 
 def test_paper_profile_plans_without_touching_the_network(tmp_path):
-    wd = copy_workflow(tmp_path / "wf")
+    wd = tmp_path / "wf"
+    wd.mkdir()
+    copy_workflow(wd)
     guard = tmp_path / "guard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(

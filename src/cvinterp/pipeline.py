@@ -165,7 +165,11 @@ def make_model(
         arch_args=arch_args,
         preprocessing=pre,
         classes=classes,
-        meta={"name": name, "weights": weights},
+        meta={
+            "name": name,
+            "weights": weights,
+            "relative_weight_change": result.get("relative_weight_change", {}),
+        },
     )
     write_json(metrics, result)
 
@@ -187,17 +191,19 @@ def filters_experiment(
     for name, path in checkpoints.items():
         model, pre, ckpt = load_checkpoint(path)
         meta = zoo()[ckpt["arch"]]
-        conv1 = model.get_submodule(
-            meta["layers"]["conv1" if "conv1" in meta["layers"] else next(iter(meta["layers"]))]
-        )
+        conv1_path = next(iter(meta["layers"].values()))  # the first named layer
+        conv1 = model.get_submodule(conv1_path)
         kernels = conv1.weight.detach().cpu()
         groups = meta.get("groups", {}).get("conv1", 1)
         title = (
-            f"{name}: {kernels.shape[0]} conv1 kernels {tuple(kernels.shape[1:])}, "
+            f"{name}: {kernels.shape[0]} first-layer kernels {tuple(kernels.shape[1:])}, "
             f"{ckpt['arch']} ({ckpt['meta']['weights']}) — after Krizhevsky et al. 2012 Fig. 3"
         )
         krizhevsky.plot_kernels(kernels, groups, title, figure_dir / f"{name}.png", bgr=pre.bgr)
         entry = {"arch": ckpt["arch"], "shape": list(kernels.shape), "groups": groups}
+        change = ckpt["meta"].get("relative_weight_change", {}).get(f"{conv1_path}.weight")
+        if change is not None:  # trained here: how far conv1 moved from its initialisation
+            entry["conv1_relative_change_from_init"] = change
         if kernels.shape[1] == 3:
             entry["groups_stats"] = krizhevsky.group_stats(kernels, groups)
             colour_kernels[name] = (kernels, groups)

@@ -42,6 +42,15 @@ def evaluate(
     return {"accuracy": correct / len(data), "loss": loss / len(data), "n": len(data)}
 
 
+def relative_change(initial: dict, final: dict) -> dict:
+    """||W - W0|| / ||W0|| for every weight tensor: how far training moved it from its init."""
+    return {
+        k: round(float((final[k].cpu() - w0).norm() / w0.norm().clamp_min(1e-12)), 4)
+        for k, w0 in initial.items()
+        if k.endswith("weight")
+    }
+
+
 def _run_key(arch: str, arch_args: dict, train_args: dict, seed: int, n_train: int) -> str:
     text = json.dumps([arch, arch_args, train_args, seed, n_train], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -101,6 +110,8 @@ def train_classifier(
         else:
             print(f"ignoring {resume_path}: it belongs to other training settings")
     labels = torch.as_tensor(train.labels)
+    torch.manual_seed(seed)
+    initial = build(arch, len(train.classes), in_channels, **arch_args).state_dict()
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         model.train()
@@ -154,5 +165,6 @@ def train_classifier(
         "n_test": len(test),
         "history": history,
         "train_seconds_this_run": round(time.perf_counter() - t0, 1),
+        "relative_weight_change": relative_change(initial, model.state_dict()),
     }
     return model.eval(), pre, metrics

@@ -271,3 +271,19 @@ def load_images(
             raise DataError("cifar10 needs its download folder")
         return cifar10(folder, split)
     raise DataError(f"unknown image dataset {name!r}; known: {', '.join(IMAGE_DATASETS)}")
+
+
+def imagenet_val(folder: str | Path | None, transform=None):
+    """An ImageNet validation folder (one sub-folder per class, as torchvision's ImageFolder
+    expects), streamed from disk. Licence-gated: a path the user gives, never downloaded."""
+    from torchvision.datasets import ImageFolder
+
+    if not folder or not Path(folder).is_dir():
+        raise DataError(
+            f"ImageNet validation folder {folder!r} not found: ImageNet is licence-gated and "
+            "never downloaded; set datasets.imagenet_val.dir to your copy (class sub-folders)"
+        )
+    ds = ImageFolder(str(folder), transform=transform)
+    if len(ds.classes) != 1000:
+        raise DataError(f"{folder} has {len(ds.classes)} class folders, ImageNet has 1000")
+    return ds
