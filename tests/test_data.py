@@ -134,3 +134,26 @@ def test_imagenet_val_needs_a_real_folder(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "n01440764" / "a.JPEG")
     with pytest.raises(DataError, match="has 1 class folders"):
         imagenet_val(tmp_path)
+
+
+def test_load_corpus_by_name(tmp_path):
+    from cvinterp.data import load_corpus
+    from cvinterp.data.fetch import austen_rdata_dir
+    from tests.conftest import ROOT
+
+    prose = load_corpus(
+        "prose", austen_dir=austen_rdata_dir(ROOT / "resources" / "packages"), vocab_size=10000
+    )
+    assert len(prose.vocab) == 10000 and prose.vocab[:2] == ["<unk>", "<eos>"]
+    assert 1_400_000 < len(prose.train) < 1_900_000  # ~1.5M words of KJV + Austen
+    assert len(prose.valid) > 50_000 and len(prose.test) > 50_000
+
+    sample = (ROOT / "tests" / "fixtures" / "ptb_sample.txt").read_text()
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"ptb.{split}.txt").write_text(sample)
+    ptb = load_corpus("ptb", folder=tmp_path, vocab_size=None)
+    assert len(ptb.train) == len(ptb.test) == 320  # 290 words + 30 <eos>, as in the fixture
+    with pytest.raises(DataError, match=r"wikitext2 files missing.*wiki\.train\.tokens"):
+        load_corpus("wikitext2", folder=tmp_path)
+    with pytest.raises(DataError, match="unknown corpus"):
+        load_corpus("text8")

