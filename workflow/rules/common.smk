@@ -1,6 +1,8 @@
 import datetime
+import re
 from pathlib import Path
 
+from cvinterp.data.fetch import DOWNLOADS
 from cvinterp.config import (
     check_version_folder,
     claim_version_folder,

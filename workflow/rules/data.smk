@@ -17,3 +17,22 @@ rule get_fashion_mnist:
         workdir=f"{RESOURCES}/packages",
     script:
         "../scripts/get_fashion_mnist.py"
+
+
+rule download:
+    output:
+        f"{RESOURCES}/downloads/{{name}}",
+    log:
+        f"{RESOURCES}/logs/download/{{name}}.log",
+    benchmark:
+        f"{RESOURCES}/benchmarks/download/{{name}}.tsv"
+    wildcard_constraints:
+        name="|".join(re.escape(n) for n in DOWNLOADS),
+    localrule: True
+    conda:
+        "../envs/cvinterp.yaml"
+    resources:
+        mem_mb=500,
+        runtime=60,
+    script:
+        "../scripts/download.py"

@@ -1,0 +1,7 @@
+from pathlib import Path
+
+from cvinterp.data.fetch import download
+from cvinterp.logs import logged
+
+with logged(snakemake.log[0]):
+    download(snakemake.wildcards.name, Path(snakemake.output[0]).parent)
