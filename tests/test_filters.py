@@ -6,6 +6,7 @@ import torch
 
 from cvinterp.methods.filters import (
     colour_selectivity,
+    dichotomy,
     group_contrast,
     group_stats,
     normalise_each,
@@ -56,3 +57,13 @@ def test_each_kernel_is_normalised_on_its_own(tmp_path):
 
     img = np.asarray(Image.open(tmp_path / "k.png"))
     assert img.shape[0] > 50 and img.std() > 10  # a real picture, not blank
+
+
+def test_dichotomy_counts_the_ends():
+    torch.manual_seed(0)
+    grey = torch.randn(6, 1, 3, 3).expand(6, 3, 3, 3)
+    opponent = torch.zeros(2, 3, 3, 3)
+    opponent[:, 0], opponent[:, 1] = 1.0, -1.0
+    d = dichotomy(torch.cat([grey, opponent, torch.randn(2, 3, 3, 3)]))
+    assert d["fraction_agnostic"] == pytest.approx(0.6) and d["fraction_specific"] >= 0.2
+    assert dichotomy(torch.randn(1000, 3, 3, 3))["fraction_at_the_ends"] < 0.1

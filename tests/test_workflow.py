@@ -50,9 +50,12 @@ def test_smoke_run_writes_every_result(smoke):
     assert out.name.startswith("smoke-")
     rows = list(csv.DictReader((out / "compare.tsv").open(), delimiter="\t"))
     assert {"experiment", "claim", "metric", "paper", "ours", "verdict", "source"} <= set(rows[0])
-    assert len(rows) == 3 and {r["verdict"] for r in rows} <= {"pass", "fail", "n/a"}
+    assert len(rows) == 4 and {r["verdict"] for r in rows} <= {"pass", "fail", "n/a"}
     measured = [r for r in rows if r["verdict"] != "n/a"]
-    assert len(measured) == 2 and all(r["ours"].startswith("tower_photos:") for r in measured)
+    assert len(measured) == 3
+    assert sum(r["ours"].startswith("tower_photos:") for r in measured) == 2
+    (dichotomy,) = [r for r in rows if r["ours"].startswith("squeezenet:")]
+    assert dichotomy["verdict"] == "pass"  # real ImageNet conv1: 75% at the ends vs 2% random
     grey = [r for r in rows if "Fashion-MNIST" in r["claim"]][0]
     assert grey["verdict"] == "n/a" and "grey" in grey["reason"]
 

@@ -58,6 +58,24 @@ def group_stats(kernels: torch.Tensor, groups: int) -> list[dict]:
     return out
 
 
+def dichotomy(
+    kernels: torch.Tensor, agnostic_below: float = 0.25, specific_above: float = 0.9
+) -> dict:
+    """How many kernels are clearly colour-agnostic or clearly colour-specific.
+
+    Random kernels sit around 2/3; a population split into grey edge detectors and colour
+    blobs, as Krizhevsky describes, puts most kernels at the two ends.
+    """
+    sel = colour_selectivity(kernels)
+    agnostic = (sel < agnostic_below).float().mean().item()
+    specific = (sel > specific_above).float().mean().item()
+    return {
+        "fraction_agnostic": agnostic,
+        "fraction_specific": specific,
+        "fraction_at_the_ends": agnostic + specific,
+    }
+
+
 def group_contrast(kernels: torch.Tensor, groups: int) -> dict:
     """Compare the groups' colour selectivity: ratio of means and a Mann-Whitney U test."""
     if groups != 2:
