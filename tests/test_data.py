@@ -157,3 +157,44 @@ def test_load_corpus_by_name(tmp_path):
         load_corpus("wikitext2", folder=tmp_path)
     with pytest.raises(DataError, match="unknown corpus"):
         load_corpus("text8")
+
+
+def write_cifar_fixture(root, n=4):
+    """A tiny folder in CIFAR-10's real python format (protocol-2 pickles, bytes keys)."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, name in enumerate([f"data_batch_{j}" for j in range(1, 6)] + ["test_batch"]):
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [(i + k) % 10 for k in range(n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [f"{k}.png".encode() for k in range(n)],
+        }
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
+
+
+def test_cifar10_reader_on_a_fixture_in_the_real_format(tmp_path):
+    import pickle
+
+    folder = write_cifar_fixture(tmp_path)
+    train = load_images("cifar10", "train", folder=tmp_path)
+    test = load_images("cifar10", "test", folder=tmp_path)
+    assert train.images.shape == (20, 32, 32, 3) and test.images.shape == (4, 32, 32, 3)
+    raw = pickle.loads((folder / "test_batch").read_bytes())[b"data"]
+    assert np.array_equal(test.images[1, :, :, 0].ravel(), raw[1, :1024])  # R plane first
+    assert train.labels[:4].tolist() == [0, 1, 2, 3] and train.classes[3] == "cat"
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": Evil()}, protocol=2))
+    with pytest.raises(DataError, match="not a CIFAR-10 batch.*refusing"):
+        load_images("cifar10", "test", folder=tmp_path)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="get_cifar10 rule"):
+        load_images("cifar10", "train", folder=tmp_path)

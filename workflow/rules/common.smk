@@ -55,9 +55,22 @@ def model_spec(wildcards):
 def model_inputs(wildcards):
     """Files a model's job reads: its dataset when it is fetched by a rule."""
     spec = config["models"][wildcards.model]
-    if spec.get("weights", "train") == "train" and spec["dataset"] == "fashion_mnist":
-        return fashion_mnist_files()
+    if spec.get("weights", "train") == "train":
+        if spec["dataset"] == "fashion_mnist":
+            return fashion_mnist_files()
+        if spec["dataset"] == "cifar10":
+            return cifar10_files()
     return []
+
+
+def unpack_destination(wildcards, output):
+    """The folder an archive unpacks into: two levels above its first member file."""
+    return str(Path(output[0]).parents[1])
+
+
+def cifar10_files():
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    return [f"{RESOURCES}/cifar10/cifar-10-batches-py/{n}" for n in names]
 
 
 def fashion_mnist_files():

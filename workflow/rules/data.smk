@@ -36,3 +36,24 @@ rule download:
         runtime=60,
     script:
         "../scripts/download.py"
+
+
+rule get_cifar10:
+    input:
+        f"{RESOURCES}/downloads/cifar-10-python.tar.gz",
+    output:
+        cifar10_files(),
+    log:
+        f"{RESOURCES}/logs/get_cifar10.log",
+    benchmark:
+        f"{RESOURCES}/benchmarks/get_cifar10.tsv"
+    localrule: True
+    conda:
+        "../envs/cvinterp.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        dest=unpack_destination,
+    script:
+        "../scripts/unpack.py"

@@ -23,6 +23,7 @@ rule model:
         spec=model_spec,
         partial=f"{RESULTS}/models/partial/{{model}}.pt",
         fashion_dir=f"{RESOURCES}/fashion-mnist",
+        cifar_dir=f"{RESOURCES}/cifar10",
         hub_dir=f"{RESOURCES}/torch-hub",
     script:
         "../scripts/model.py"

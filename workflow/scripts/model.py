@@ -7,7 +7,7 @@ with logged(snakemake.log[0]):
         snakemake.params.spec,
         datasets=snakemake.config["datasets"],
         fashion_dir=snakemake.params.fashion_dir,
-        cifar_dir=None,
+        cifar_dir=snakemake.params.cifar_dir,
         hub_dir=snakemake.params.hub_dir,
         seed=snakemake.config["seed"],
         device=snakemake.config["device"],

