@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from cvinterp.data import DataError, load_images, photo_names, photos
-from cvinterp.data.fetch import DOWNLOADS, file_hash, safe_extract, verify
+from cvinterp.data.fetch import (
+    FASHION_IDX_SHA256,
+    file_hash,
+    safe_extract,
+    verify,
+    verify_gunzipped,
+)
 from cvinterp.data.images import read_idx
 
 
@@ -35,7 +41,8 @@ def test_fashion_mnist_missing_and_truncated(tmp_path, fashion_dir):
     with pytest.raises(DataError, match="truncated"):
         read_idx(bad)
     with pytest.raises(DataError, match="corrupt or truncated"):
-        verify(bad, DOWNLOADS[bad.name][1])
+        verify_gunzipped(bad, FASHION_IDX_SHA256[bad.name])
+    verify_gunzipped(fashion_dir / bad.name, FASHION_IDX_SHA256[bad.name])  # the real one passes
 
 
 def test_mnist5k_and_digits():

@@ -10,7 +10,6 @@ import pytest
 
 from cvinterp.data.broden import BrodenDataset, primary_category
 from cvinterp.data.prose import (
-    AUSTEN_SUBDIR,
     EOS,
     build_corpus,
     corpus_from_tokens,
@@ -23,7 +22,6 @@ from cvinterp.data.text import corpus_from_files, read_lm_text
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PTB = FIXTURES / "ptb_sample.txt"
-AUSTEN_DIRS = [Path("/") / AUSTEN_SUBDIR, REPO / "resources" / "debian" / AUSTEN_SUBDIR]
 
 
 def _load_fixture_module():

@@ -54,11 +54,12 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, full_run):
     assert [h["epoch"] for h in m_res["history"]] == [1, 2]
 
 
-def test_partial_state_of_other_settings_is_ignored(tmp_path):
+def test_partial_state_of_other_settings_is_ignored(tmp_path, capsys):
     seed_everything(0, 1)
     tr, te = data()
     partial = tmp_path / "partial.pt"
     train_classifier(*ARCH, tr, te, **ARGS, resume_path=partial, stop_after_epoch=1)
     other = dict(ARGS, lr=0.01)
     _, _, m = train_classifier(*ARCH, tr, te, **other, resume_path=partial)
+    assert "belongs to other training settings" in capsys.readouterr().out
     assert [h["epoch"] for h in m["history"]] == [1, 2]  # started from scratch

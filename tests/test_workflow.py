@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import ROOT
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+pytestmark = pytest.mark.slow  # real workflow runs: about a minute
 
 
 def copy_workflow(dest: Path) -> Path:

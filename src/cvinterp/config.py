@@ -89,6 +89,11 @@ def _check_references(config: dict) -> None:
     """Cross-field checks a JSON schema cannot express: experiments name existing models."""
     models = config["models"]
     for name, exp in config["experiments"].items():
+        if exp.get("colour_model") and exp["colour_model"] not in exp.get("models", []):
+            raise ConfigError(
+                f"config key 'experiments.{name}.colour_model': '{exp['colour_model']}' must also "
+                f"be listed in 'experiments.{name}.models'"
+            )
         wanted = list(exp.get("models", []))
         if exp.get("colour_model"):
             wanted.append(exp["colour_model"])
@@ -100,9 +105,17 @@ def _check_references(config: dict) -> None:
                 )
 
 
+# Keys that name or place a run but do not change what it computes.
+NOT_HASHED = ("version", "resources_dir")
+
+
+def _science(config: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in config.items() if k not in NOT_HASHED}
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
-    """Hash of the resolved config without its `version` key (8 hex digits)."""
-    payload = {k: v for k, v in config.items() if k != "version"}
+    """Hash of the resolved config without `version` and `resources_dir` (8 hex digits)."""
+    payload = _science(config)
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
@@ -115,7 +128,8 @@ def version_of(config: Mapping[str, Any]) -> str:
 def check_version_folder(folder: str | Path, config: Mapping[str, Any]) -> None:
     """Refuse a results folder that holds another config's results (never overwrite them)."""
     marker = Path(folder) / "config.json"
-    if marker.exists() and json.loads(marker.read_text()) != json.loads(json.dumps(config)):
+    recorded = json.loads(marker.read_text()) if marker.exists() else None
+    if recorded is not None and _science(recorded) != json.loads(json.dumps(_science(config))):
         raise ConfigError(
             f"{folder} already holds results of a different config (see {marker}); "
             "results are never overwritten: set another 'version' (or null to derive one)."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -34,5 +35,8 @@ def logged(log_path: str | Path):
         sys.stdout, sys.stderr = _Tee(out, fh), _Tee(err, fh)
         try:
             yield
+        except BaseException:
+            traceback.print_exc()  # into the log too, so a failed job's log shows why
+            raise
         finally:
             sys.stdout, sys.stderr = out, err

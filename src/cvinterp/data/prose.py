@@ -70,9 +70,9 @@ def find_austen_dir(candidates: list[Path]) -> Path:
     tried = "\n  ".join(str(c) for c in candidates)
     raise FileNotFoundError(
         f"janeaustenr data (Rdata.rdx, Rdata.rdb) not found in:\n  {tried}\n"
-        "Get it without installing R: mkdir -p resources/debian && cd resources/debian && "
-        "apt-get download r-cran-janeaustenr && dpkg -x r-cran-janeaustenr_*.deb . "
-        f"(gives resources/debian/{AUSTEN_SUBDIR}); or: sudo apt-get install r-cran-janeaustenr"
+        "Get it without installing R: apt-get download r-cran-janeaustenr && dpkg -x "
+        "r-cran-janeaustenr_*.deb resources/packages/r-cran-janeaustenr "
+        f"(gives .../{AUSTEN_SUBDIR}); or: sudo apt-get install r-cran-janeaustenr"
     )
 
 

@@ -133,6 +133,8 @@ def plot_kernels(kernels: torch.Tensor, groups: int, title: str, path, bgr: bool
 def plot_selectivity(per_model: dict[str, tuple[torch.Tensor, int]], path):
     """Histogram of colour selectivity per model and group (colour models only)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    if not per_model:
+        ax.text(0.5, 0.5, "no colour-input model in this profile", ha="center", va="center")
     bins = np.linspace(0, 1, 26)
     for name, (kernels, groups) in per_model.items():
         sel = colour_selectivity(kernels).numpy()

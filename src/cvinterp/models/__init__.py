@@ -7,6 +7,7 @@ the preprocessing, loaded with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -72,6 +73,9 @@ def layer_path(arch: str, layer: str) -> str:
 
 def get_layer(model: nn.Module, arch: str, layer: str) -> nn.Module:
     return model.get_submodule(layer_path(arch, layer))
+
+
+IMAGENET_RGB = Preprocessing(1.0, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], False, 224)
 
 
 def default_preprocessing(arch: str) -> Preprocessing:
@@ -220,9 +224,9 @@ def torchvision_pretrained(arch: str, hub_dir: str | Path) -> nn.Module:
 
     weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
     target = Path(hub_dir) / "checkpoints" / Path(weights.url).name
+    prefix = target.stem.rsplit("-", 1)[-1]  # torchvision names files <arch>-<sha256[:8]>.pth
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        prefix = target.stem.rsplit("-", 1)[-1]
         try:
             torch.hub.download_url_to_file(weights.url, str(target), hash_prefix=prefix)
         except Exception as err:
@@ -230,4 +234,10 @@ def torchvision_pretrained(arch: str, hub_dir: str | Path) -> nn.Module:
                 f"cannot download {weights.url} ({type(err).__name__}: {err}). Offline? Fetch "
                 f"it on a machine with internet and put it at {target}"
             ) from err
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    if not digest.startswith(prefix):
+        raise CheckpointError(
+            f"{target} is corrupt (sha256 {digest[:8]}..., expected {prefix}...):"
+            " delete it and rerun to download it again"
+        )
     return load_torchvision_state_dict(target, arch)

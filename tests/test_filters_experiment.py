@@ -1,0 +1,59 @@
+"""filters_experiment on each profile's kind of model set: every claim id is always reported."""
+
+import json
+
+import pytest
+import torch
+
+from cvinterp.compare import build_table
+from cvinterp.models import Preprocessing, build, save_checkpoint
+from cvinterp.pipeline import filters_experiment
+from tests.conftest import ROOT
+
+CLAIMS = sorted((ROOT / "config" / "claims").glob("*.yaml"))
+
+
+def checkpoint(path, arch, weights, in_channels=3, **arch_args):
+    torch.manual_seed(1)
+    net = build(arch, 10, in_channels, **arch_args)
+    save_checkpoint(
+        path,
+        net,
+        arch=arch,
+        num_classes=10,
+        in_channels=in_channels,
+        arch_args=arch_args,
+        preprocessing=Preprocessing(),
+        classes=list("0123456789"),
+        meta={"weights": weights},
+    )
+    return str(path)
+
+
+TOWER = {"widths": [8, 16, 16, 16, 16], "conv1_kernel": 5, "fc": 16}
+
+
+@pytest.mark.parametrize("profile", ["paper-like", "grey-only"])
+def test_every_claim_gets_a_row(tmp_path, profile):
+    if profile == "paper-like":  # no grey model; an ImageNet net; a colour two-tower net
+        ckpts = {
+            "alexnet": checkpoint(tmp_path / "a.pt", "alexnet", "torchvision"),
+            "tower": checkpoint(tmp_path / "t.pt", "two_tower_alexnet", "train", **TOWER),
+        }
+        colour = "tower"
+    else:  # only a grey net: no colour figure to draw, every colour claim n/a
+        ckpts = {"grey": checkpoint(tmp_path / "g.pt", "two_tower_alexnet", "train", 1, **TOWER)}
+        colour = None
+    out = tmp_path / "fig"
+    metrics = tmp_path / "filters.json"
+    filters_experiment(ckpts, colour_model=colour, figure_dir=out, metrics=metrics)
+    assert (out / "colour_selectivity.png").stat().st_size > 1000
+    rows = build_table(CLAIMS, {"filters": metrics})
+    assert len(rows) == 4
+    result = json.loads(metrics.read_text())
+    if profile == "paper-like":
+        assert result["imagenet_dichotomy"]["model"] == "alexnet"
+        assert {r["verdict"] for r in rows if "ImageNet" in r["claim"]} <= {"pass", "fail"}
+        assert result["colour_contrast"]["model"] == "tower"
+    else:
+        assert all(r["verdict"] == "n/a" for r in rows)
