@@ -18,7 +18,10 @@ ARGS = dict(
     device=torch.device("cpu"),
     progress=False,
 )
-ARCH = ("two_tower_alexnet", {"widths": [16, 32, 32, 32, 32], "conv1_kernel": 5, "fc": 32})
+ARCH = (
+    "two_tower_alexnet",
+    {"widths": [16, 32, 32, 32, 32], "conv1_kernel": 5, "fc": 32, "conv1_init_std": 0.1},
+)
 
 
 def data():

@@ -23,6 +23,7 @@ class TwoTowerAlexNet(nn.Module):
         fc: int = 4096,
         lrn: bool = True,
         dropout: float = 0.5,
+        conv1_init_std: float = 0.01,
     ):
         super().__init__()
         if len(widths) != 5 or any(w % 2 for w in widths):
@@ -50,10 +51,14 @@ class TwoTowerAlexNet(nn.Module):
         self.fc7 = nn.Linear(fc, fc)
         self.relu7 = nn.ReLU()
         self.fc8 = nn.Linear(fc, num_classes)
-        for m in self.modules():  # He init: the net trains from scratch without a slow start
+        # conv1 starts as in the paper, N(0, 0.01): small, so the kernels in the figure show
+        # what training put there rather than their random start. The layers above use He
+        # init, so the net trains within a CPU budget without the paper's slow start.
+        for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+        nn.init.normal_(self.conv1.weight, std=conv1_init_std)
         nn.init.normal_(self.fc8.weight, std=0.01)  # small logits at the start
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
