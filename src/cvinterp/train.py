@@ -51,7 +51,7 @@ def evaluate(
 def relative_change(initial: dict, final: dict) -> dict:
     """||W - W0|| / ||W0|| for every weight tensor: how far training moved it from its init."""
     return {
-        k: round(float((final[k].cpu() - w0).norm() / w0.norm().clamp_min(1e-12)), 4)
+        k: round(float((final[k] - w0).norm() / w0.norm().clamp_min(1e-12)), 4)
         for k, w0 in initial.items()
         if k.endswith("weight")
     }
@@ -95,6 +95,7 @@ def train_classifier(
     torch.manual_seed(seed)
     in_channels = train.images.shape[-1]
     model = build(arch, len(train.classes), in_channels, **arch_args).to(device)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones, 0.1)
     train_args = dict(
@@ -119,8 +120,6 @@ def train_classifier(
         else:
             print(f"ignoring {resume_path}: it belongs to other training settings")
     labels = torch.as_tensor(train.labels)
-    torch.manual_seed(seed)
-    initial = build(arch, len(train.classes), in_channels, **arch_args).state_dict()
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         model.train()

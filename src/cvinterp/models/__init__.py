@@ -7,7 +7,7 @@ the preprocessing, loaded with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import pickle
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -58,6 +58,7 @@ class Preprocessing:
         return dict(vars(self))
 
 
+@functools.cache
 def zoo() -> dict:
     """Model metadata (input size, value range, mean/std, BGR, named layers) per architecture."""
     return yaml.safe_load(files("cvinterp.models").joinpath("zoo.yaml").read_text())
@@ -73,6 +74,11 @@ def layer_path(arch: str, layer: str) -> str:
 
 def get_layer(model: nn.Module, arch: str, layer: str) -> nn.Module:
     return model.get_submodule(layer_path(arch, layer))
+
+
+def first_layer(model: nn.Module, arch: str) -> nn.Module:
+    """The first named layer (conv1 of every architecture in the zoo)."""
+    return model.get_submodule(next(iter(zoo()[arch]["layers"].values())))
 
 
 IMAGENET_RGB = Preprocessing(1.0, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], False, 224)
@@ -234,7 +240,9 @@ def torchvision_pretrained(arch: str, hub_dir: str | Path) -> nn.Module:
                 f"cannot download {weights.url} ({type(err).__name__}: {err}). Offline? Fetch "
                 f"it on a machine with internet and put it at {target}"
             ) from err
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    from cvinterp.data.fetch import file_hash
+
+    digest = file_hash(target)
     if not digest.startswith(prefix):
         raise CheckpointError(
             f"{target} is corrupt (sha256 {digest[:8]}..., expected {prefix}...):"
