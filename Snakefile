@@ -17,6 +17,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/filters.smk"
+include: "workflow/rules/units.smk"
 include: "workflow/rules/summary.smk"
 
 

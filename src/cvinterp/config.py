@@ -85,10 +85,52 @@ def resolve(config: Mapping[str, Any], schema_path: str | Path) -> dict:
     return resolved
 
 
+def _named_models(exp: dict) -> list[tuple[str, str, list[str]]]:
+    """(key path, model, layers) for every model an experiment names."""
+    out = [("models", m, []) for m in exp.get("models", []) if isinstance(m, str)]
+    if isinstance(exp.get("models"), dict):  # occlusion: model -> settings
+        out += [(f"models.{m}", m, [s["layer"]]) for m, s in exp["models"].items()]
+    out += [(f"layers.{m}", m, layers) for m, layers in exp.get("layers", {}).items()]
+    for key in ("test_error_model",):
+        if exp.get(key):
+            out.append((key, exp[key], []))
+    if exp.get("sanity"):
+        out.append(("sanity.model", exp["sanity"]["model"], []))
+    return out
+
+
 def _check_references(config: dict) -> None:
-    """Cross-field checks a JSON schema cannot express: experiments name existing models."""
+    """Cross-field checks a JSON schema cannot express: experiments name existing models and
+    their named layers."""
+    from cvinterp.models import zoo
+
     models = config["models"]
     for name, exp in config["experiments"].items():
+        for key, m, layers in _named_models(exp):
+            if m not in models:
+                raise ConfigError(
+                    f"config key 'experiments.{name}.{key}' names model '{m}', which is not "
+                    f"defined under 'models' (defined: {', '.join(sorted(models))})"
+                )
+            known = zoo()[models[m]["arch"]]["layers"]
+            bad = [layer for layer in layers if layer not in known]
+            if bad:
+                raise ConfigError(
+                    f"config key 'experiments.{name}.{key}': {', '.join(map(repr, bad))} is not "
+                    f"a named layer of {models[m]['arch']} (named: {', '.join(known)})"
+                )
+        listed = exp.get("models", [])
+        for key in ("test_error_model",):
+            if exp.get(key) and exp[key] not in exp.get("layers", {}):
+                raise ConfigError(
+                    f"config key 'experiments.{name}.{key}': '{exp[key]}' must also be listed "
+                    f"in 'experiments.{name}.layers'"
+                )
+        if exp.get("sanity") and exp["sanity"]["model"] not in listed:
+            raise ConfigError(
+                f"config key 'experiments.{name}.sanity.model': '{exp['sanity']['model']}' "
+                f"must also be listed in 'experiments.{name}.models'"
+            )
         if exp.get("colour_model") and exp["colour_model"] not in exp.get("models", []):
             raise ConfigError(
                 f"config key 'experiments.{name}.colour_model': '{exp['colour_model']}' must also "

@@ -90,6 +90,80 @@ def filters_outputs():
     ]
 
 
+# What one unit does (issue 3): one rule each, generated in workflow/rules/units.smk.
+UNIT_EXPERIMENTS = [
+    e
+    for e in (
+        "activations",
+        "top_images",
+        "deconvnet",
+        "guided_backprop",
+        "backprop",
+        "occlusion",
+    )
+    if e in config["experiments"]
+]
+
+
+def unit_models(name):
+    exp = config["experiments"][name]
+    return list(exp["layers"]) if "layers" in exp else list(exp["models"])
+
+
+def unit_inputs(name):
+    """Checkpoints, the datasets they were trained on, and the metrics a claim reads."""
+    data = set()
+    for m in unit_models(name):
+        spec = config["models"][m]
+        if spec.get("weights", "train") == "train":
+            if spec["dataset"] == "fashion_mnist":
+                data.update(fashion_mnist_files())
+            elif spec["dataset"] == "cifar10":
+                data.update(cifar10_files())
+    files = {
+        "checkpoints": [f"{RESULTS}/models/{m}.pt" for m in unit_models(name)],
+        "data": sorted(data),
+    }
+    tested = config["experiments"][name].get("test_error_model")
+    if tested:
+        files["test_error"] = f"{RESULTS}/metrics/models/{tested}.json"
+    return files
+
+
+def unit_figures(name, report_them=True):
+    figs = {m: f"{RESULTS}/figures/{name}/{m}.png" for m in unit_models(name)}
+    if name == "backprop":
+        figs["randomisation"] = f"{RESULTS}/figures/{name}/randomisation.png"
+    if not report_them:
+        return figs
+    return {
+        key: report(
+            path,
+            caption=f"../report/{name}.rst",
+            category=name,
+            labels={"figure": name, "model": key},
+        )
+        for key, path in figs.items()
+    }
+
+
+def unit_settings(name):
+    """The experiment's config section as keyword arguments of its pipeline function."""
+    exp = dict(config["experiments"][name])
+    if name == "occlusion":
+        exp["settings"] = exp.pop("models")
+    elif name == "backprop":
+        exp.pop("models")
+    elif name == "guided_backprop":
+        tested = exp.pop("test_error_model")
+        exp["test_error"] = tested and {
+            "model": tested,
+            "dataset": config["models"][tested].get("dataset"),
+            "metrics": f"{RESULTS}/metrics/models/{tested}.json",
+        }
+    return exp
+
+
 def experiment_metrics():
     return {e: f"{RESULTS}/metrics/{e}.json" for e in EXPERIMENTS}
 
@@ -97,6 +171,10 @@ def experiment_metrics():
 def experiment_outputs(name):
     if name == "filters":
         return filters_outputs()
+    if name in UNIT_EXPERIMENTS:
+        return list(unit_figures(name, report_them=False).values()) + [
+            f"{RESULTS}/metrics/{name}.json"
+        ]
     raise ValueError(f"no rule produces experiment {name!r}")
 
 

@@ -27,6 +27,10 @@ class AllCNNC(nn.Module):
         self.drop3 = nn.Dropout(0.5)
         self.drop6 = nn.Dropout(0.5)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        for m in self.modules():  # He et al. 2015: nine ReLU layers without batch norm train
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop_in(x)

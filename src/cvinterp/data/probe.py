@@ -1,0 +1,86 @@
+"""Probe images: the images a unit-level method looks at for one model.
+
+- a model trained here: its dataset's test split;
+- an ImageNet model: the ImageNet validation folder when `datasets.imagenet_val.dir` is set
+  (streamed from disk in worker processes), otherwise crops of the bundled colour photos at the
+  model's input size (the offline stand-in, named as such in every metrics file).
+
+Both answer `len()`, `image(i)` (uint8 HWC RGB) and `batches(pre, ...)` (preprocessed tensors in
+dataset order), so the streaming top-k never holds the dataset in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from cvinterp.data.images import ImageData, imagenet_val, photo_names, photos, resize_short_side
+
+
+class InMemoryProbe:
+    def __init__(self, data: ImageData, description: str):
+        self.data, self.description = data, description
+        self.labels, self.classes = data.labels, data.classes
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def image(self, i: int) -> np.ndarray:
+        return self.data.images[i]
+
+    def batches(self, pre, batch_size: int, device) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self), batch_size):
+            yield pre(self.data.images[start : start + batch_size]).to(device)
+
+
+def _centre_crop(img, size: int) -> np.ndarray:
+    im = resize_short_side(np.asarray(img.convert("RGB")), size)
+    y0, x0 = (im.shape[0] - size) // 2, (im.shape[1] - size) // 2
+    return im[y0 : y0 + size, x0 : x0 + size]
+
+
+class FolderProbe:
+    """The first `n` images of an ImageNet-style folder, short side resized, centre-cropped."""
+
+    def __init__(self, folder: str, size: int, n: int | None, workers: int):
+        self.size, self.workers = size, workers
+        self.dataset = imagenet_val(folder, transform=lambda im: _centre_crop(im, size))
+        total = len(self.dataset)
+        self.n = total if n is None else min(n, total)
+        self.labels = np.array([t for _, t in self.dataset.samples[: self.n]])
+        self.classes = self.dataset.classes
+        self.description = f"ImageNet validation folder {folder}: first {self.n} images"
+
+    def __len__(self) -> int:
+        return self.n
+
+    def image(self, i: int) -> np.ndarray:
+        return self.dataset[i][0]
+
+    def batches(self, pre, batch_size: int, device) -> Iterator[torch.Tensor]:
+        subset = torch.utils.data.Subset(self.dataset, range(self.n))
+        loader = torch.utils.data.DataLoader(
+            subset,
+            batch_size=batch_size,
+            num_workers=self.workers,
+            collate_fn=lambda items: np.stack([im for im, _ in items]),
+        )
+        for images in loader:
+            yield pre(images).to(device)
+
+
+def photo_crops(size: int, n: int, seed: int) -> ImageData:
+    """`n` random size x size crops of the bundled photos, each photo first resized to a short
+    side of 1.5 x size; labelled by photo. Deterministic for a seed."""
+    names = photo_names()
+    imgs = [resize_short_side(im, round(1.5 * size)) for im in photos(names).values()]
+    rng = np.random.default_rng([seed, 2])
+    labels = rng.integers(0, len(imgs), n)
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i, lab in enumerate(labels):
+        h, w = imgs[lab].shape[:2]
+        y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        out[i] = imgs[lab][y : y + size, x : x + size]
+    return ImageData(out, labels.astype(np.int64), names)

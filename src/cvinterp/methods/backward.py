@@ -1,0 +1,81 @@
+"""Projecting one unit back to pixels: one function, three backward rules.
+
+- gradient: d unit / d input (Simonyan et al. 2014's saliency, "backprop" in Springenberg Fig. 1)
+- deconvnet: Zeiler & Fergus 2014 — unpooling by the recorded max switches, rectified backward
+  signal, transposed filters. The gradient already unpools by switches and applies transposed
+  filters, so deconvnet = the gradient with the ReLU rule "rectify the signal".
+- guided backprop: Springenberg et al. 2015 — gate by the forward ReLU and rectify the signal.
+
+The rule is the instrument's (`cvinterp.instrument`), so reused, in-place and functional ReLUs
+all get it. As in Zeiler & Fergus, every other activation of the layer is set to zero: the seed is
+1 at the unit's strongest location in that image (or at the given location) and 0 elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cvinterp.instrument import Instrument
+
+RULES = {"backprop": "gradient", "deconvnet": "deconvnet", "guided_backprop": "guided"}
+
+
+def project(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: str | None,
+    units: torch.Tensor,
+    rule: str,
+    *,
+    maxpool: str = "switches",
+    locations: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Back-project unit `units[i]` of `layer` for image `x[i]`, all images in one pass.
+
+    layer: a module path, or None for the model's output (units are then class indices).
+    rule: "backprop", "deconvnet" or "guided_backprop" (or an instrument ReLU rule).
+    locations: flat spatial index per image; default: the unit's maximum in that image.
+    Returns (maps of x's shape, the seeded activation values). Puts the model in eval mode.
+    """
+    model.eval()
+    relu = RULES.get(rule, rule)
+    x = x.detach().clone().requires_grad_(True)
+    units = torch.as_tensor(units, device=x.device).long()
+    with torch.enable_grad(), Instrument(model, [layer] if layer else [], relu=relu,
+                                         maxpool=maxpool) as ins:  # fmt: skip
+        out = model(x)
+        act = ins[layer] if layer else out
+        rows = torch.arange(len(x), device=x.device)
+        chosen = act[rows, units].reshape(len(x), -1)  # (N, positions) or (N, 1)
+        if locations is None:
+            locations = chosen.argmax(1)
+        value = chosen[rows, locations]
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    return grad.detach(), value.detach()
+
+
+def magnitude(maps: torch.Tensor) -> torch.Tensor:
+    """Per-pixel strength of a map (N, C, H, W) -> (N, H, W): the absolute value, summed over
+    channels."""
+    return maps.abs().sum(1)
+
+
+def gini(maps: torch.Tensor) -> torch.Tensor:
+    """Gini coefficient of each map's pixel magnitudes (N, H, W) -> (N,): 0 = spread evenly over
+    all pixels, 1 = concentrated in one pixel. Our sharpness proxy (Hurley & Rickard 2009)."""
+    v = maps.flatten(1).double().sort(1).values
+    n = v.shape[1]
+    total = v.sum(1).clamp_min(1e-300)
+    rank = torch.arange(1, n + 1, dtype=v.dtype, device=v.device)
+    return (1 + 1 / n - 2 * ((n + 1 - rank) * v).sum(1) / (n * total)).float()
+
+
+def to_image(maps: torch.Tensor, bgr: bool = False) -> torch.Tensor:
+    """Display a projection (N, C, H, W) as (N, H, W, C) in [0, 1]: each map centred at 0.5
+    (grey = 0) and scaled by its 99.5th percentile magnitude (the few larger values saturate)."""
+    m = maps.flip(1) if bgr else maps
+    flat = m.abs().flatten(1).float()
+    scale = torch.stack([row.quantile(0.995) for row in flat]).clamp_min(1e-12)
+    scale = scale.view(-1, 1, 1, 1)
+    return (0.5 + 0.5 * m / scale).clamp(0, 1).permute(0, 2, 3, 1)

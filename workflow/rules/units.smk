@@ -1,0 +1,37 @@
+# What one unit does: activations, top_images, deconvnet, guided_backprop, backprop, occlusion.
+# One rule per experiment in the config; each calls cvinterp.unit_experiments.<name>_experiment.
+
+
+for _unit in UNIT_EXPERIMENTS:
+
+    rule:
+        name:
+            _unit
+        input:
+            **unit_inputs(_unit),
+        output:
+            **unit_figures(_unit),
+            metrics=f"{RESULTS}/metrics/{_unit}.json",
+        log:
+            f"{RESULTS}/logs/{_unit}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/{_unit}.tsv"
+        conda:
+            "../envs/cvinterp.yaml"
+        threads: config["threads"]
+        resources:
+            mem_mb=4000,
+            runtime=60,
+            gpu=(
+                1
+                if config["device"] in ("auto", "cuda")
+                and config["profile"] == "paper"
+                else 0
+            ),
+        params:
+            models=unit_models(_unit),
+            settings=unit_settings(_unit),
+            fashion_dir=f"{RESOURCES}/fashion-mnist",
+            cifar_dir=f"{RESOURCES}/cifar10",
+        script:
+            "../scripts/unit_experiment.py"

@@ -1,0 +1,29 @@
+from pathlib import Path
+
+from cvinterp import unit_experiments
+from cvinterp.logs import logged
+
+config = snakemake.config
+with logged(snakemake.log[0]):
+    run = getattr(unit_experiments, f"{snakemake.rule}_experiment")
+    models = {
+        m: {"checkpoint": ckpt, "spec": config["models"][m]}
+        for m, ckpt in zip(snakemake.params.models, snakemake.input.checkpoints, strict=True)
+    }
+    probe = unit_experiments.Probe(
+        datasets=config["datasets"],
+        fashion_dir=snakemake.params.fashion_dir,
+        cifar_dir=snakemake.params.cifar_dir,
+        seed=config["seed"],
+        imagenet_probe=config["datasets"]["imagenet_probe"]["n"],
+        workers=snakemake.threads,
+    )
+    run(
+        models,
+        **snakemake.params.settings,
+        probe=probe,
+        device=config["device"],
+        threads=snakemake.threads,
+        figure_dir=str(Path(snakemake.output.metrics).parents[1] / "figures" / snakemake.rule),
+        metrics=snakemake.output.metrics,
+    )
