@@ -73,6 +73,46 @@ def test_experiment_must_name_defined_models():
         resolve(cfg, SCHEMA)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda e: e["top_images"]["layers"].update(vgg99=["conv1"]), "names model 'vgg99'"),
+        (
+            lambda e: e["deconvnet"]["layers"]["tower_fmnist"].append("conv9"),
+            r"experiments\.deconvnet\.layers\.tower_fmnist.*'conv9' is not a named layer "
+            "of two_tower_alexnet",
+        ),
+        (
+            lambda e: e["occlusion"]["models"]["squeezenet"].update(layer="pool5"),
+            r"experiments\.occlusion\.models\.squeezenet.*'pool5'",
+        ),
+        (
+            lambda e: e["backprop"]["sanity"].update(model="tower_fmnist"),
+            r"'experiments\.backprop\.sanity\.model'.*must also be listed",
+        ),
+        (
+            lambda e: e["guided_backprop"].update(test_error_model="tower_fmnist"),
+            r"'experiments\.guided_backprop\.test_error_model'.*must also be listed",
+        ),
+    ],
+)
+def test_unit_experiments_must_name_defined_models_and_layers(edit, message):
+    cfg = load("smoke")
+    edit(cfg["experiments"])
+    with pytest.raises(ConfigError, match=message):
+        resolve(cfg, SCHEMA)
+
+
+def test_unit_experiment_settings_are_checked():
+    cfg = load("smoke")
+    cfg["experiments"]["top_images"]["k"] = 0
+    cfg["experiments"]["occlusion"]["models"]["squeezenet"]["windw"] = 3
+    with pytest.raises(ConfigError) as err:
+        resolve(cfg, SCHEMA)
+    assert "experiments.top_images.k" in str(err.value)
+    assert "experiments.occlusion.models.squeezenet.windw" in str(err.value)
+
+
 def test_version_is_a_hash_of_the_resolved_config():
     a = resolve(load("smoke"), SCHEMA)
     b = copy.deepcopy(a)

@@ -581,3 +581,16 @@ def test_uniform_maxpool_cannot_return_indices():
         with Instrument(nn.MaxPool2d(2, return_indices=True), maxpool="uniform") as ins:
             ins.model(x)
     assert mode_stack_empty()
+
+
+def test_recording_works_under_inference_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True), nn.Flatten())
+    x = torch.randn(2, 1, 5, 5)
+    with torch.inference_mode(), Instrument(model, ["0"]) as ins:
+        model(x)
+        recorded = ins["0"]
+    torch.testing.assert_close(
+        recorded, torch.nn.functional.conv2d(x, model[0].weight, model[0].bias)
+    )
+    assert not has_hooks(model)

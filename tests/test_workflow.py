@@ -51,7 +51,9 @@ def test_smoke_run_writes_every_result(smoke):
     assert out.name.startswith("smoke-")
     rows = list(csv.DictReader((out / "compare.tsv").open(), delimiter="\t"))
     assert {"experiment", "claim", "metric", "paper", "ours", "verdict", "source"} <= set(rows[0])
-    assert len(rows) == 4 and {r["verdict"] for r in rows} <= {"pass", "fail", "n/a"}
+    assert {r["verdict"] for r in rows} <= {"pass", "fail", "n/a"}
+    rows = [r for r in rows if r["experiment"] == "filters"]
+    assert len(rows) == 4
     measured = [r for r in rows if r["verdict"] != "n/a"]
     assert len(measured) == 3
     assert sum(r["ours"].startswith("tower_photos:") for r in measured) == 2
@@ -80,6 +82,39 @@ def test_smoke_run_writes_every_result(smoke):
     for sub in ("models", "metrics", "figures", "logs", "benchmarks"):
         assert (out / sub).is_dir()
     assert (out / "references.bib").read_text().count("@") >= 11
+
+
+UNIT_FIGURES = {
+    "activations": ["allcnn_fmnist", "squeezenet"],
+    "top_images": ["allcnn_fmnist", "squeezenet"],
+    "deconvnet": ["tower_fmnist", "squeezenet"],
+    "guided_backprop": ["allcnn_fmnist", "squeezenet"],
+    "backprop": ["allcnn_fmnist", "squeezenet", "randomisation"],
+    "occlusion": ["allcnn_fmnist", "squeezenet"],
+}
+
+
+def test_smoke_run_writes_the_unit_figures_and_their_claims(smoke):
+    wd, out, _ = smoke
+    for experiment, names in UNIT_FIGURES.items():
+        for name in names:
+            png = out / "figures" / experiment / f"{name}.png"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        metrics = json.loads((out / "metrics" / f"{experiment}.json").read_text())
+        assert metrics["claims"], experiment
+    rows = list(csv.DictReader((out / "compare.tsv").open(), delimiter="\t"))
+    by_experiment = {e: [r for r in rows if r["experiment"] == e] for e in UNIT_FIGURES}
+    assert all(by_experiment.values())  # every unit experiment has compare rows
+    # every claim is measured except the CIFAR-10 error of a net trained on Fashion-MNIST
+    (error,) = [r for r in rows if "9.08%" in r["claim"]]
+    assert error["verdict"] == "n/a" and "Fashion-MNIST" in error["reason"]
+    others = [r for e in UNIT_FIGURES for r in by_experiment[e] if r is not error]
+    assert all(r["verdict"] in ("pass", "fail") and r["ours"] for r in others)
+    top = json.loads((out / "metrics" / "top_images.json").read_text())
+    assert "offline stand-in" in top["models"]["squeezenet"]["probe"]
+    assert top["models"]["allcnn_fmnist"]["images"] == 256  # max_images of the smoke profile
+    sanity = json.loads((out / "metrics" / "backprop.json").read_text())["sanity"]
+    assert set(sanity["mean_spearman"]) == {"backprop", "deconvnet", "guided_backprop"}
 
 
 def test_rerun_does_nothing_and_other_configs_get_their_own_folder(smoke):
@@ -129,6 +164,7 @@ def test_report_has_every_figure_and_the_table(smoke, tmp_path):
         "colour_selectivity.png",
         "compare.tsv",
         "references.bib",
+        "randomisation.png",
     ):
         assert name in html
     assert "Krizhevsky" in html
@@ -152,4 +188,6 @@ def test_paper_profile_plans_without_touching_the_network(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     plan = res.stdout + res.stderr
     assert "results/paper-" in plan and "models/alexnet.pt" in plan
+    for experiment in UNIT_FIGURES:
+        assert f"rule {experiment}:" in plan
     assert not (wd / "results").exists() and not (wd / "resources").exists()

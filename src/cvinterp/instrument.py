@@ -185,7 +185,7 @@ class Instrument:
 
     def _end_pass(self, module, args, output):
         for path, tensor in self.outputs.items():
-            if tensor._version != self._versions[path]:
+            if self._versions[path] is not None and tensor._version != self._versions[path]:
                 raise InstrumentError(
                     f"the output of {path!r} was changed in place after it was recorded; "
                     "record a module whose output the model does not overwrite"
@@ -206,7 +206,8 @@ class Instrument:
             if path in self.record:
                 kept = output.detach() if self.detach else output
                 self.outputs[path] = kept
-                self._versions[path] = kept._version
+                # inference tensors (torch.inference_mode) carry no version counter
+                self._versions[path] = None if kept.is_inference() else kept._version
             return output
 
         return hook

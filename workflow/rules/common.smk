@@ -130,6 +130,18 @@ def unit_inputs(name):
     return files
 
 
+def fashion_dir_of(wildcards, input):
+    """The Fashion-MNIST folder among a job's data inputs (None when it reads none)."""
+    hits = [f for f in input.get("data", []) if Path(f).parent.name == "fashion-mnist"]
+    return str(Path(hits[0]).parent) if hits else None
+
+
+def cifar_dir_of(wildcards, input):
+    """The CIFAR-10 folder (holding cifar-10-batches-py/) among a job's data inputs."""
+    hits = [f for f in input.get("data", []) if Path(f).parent.name == "cifar-10-batches-py"]
+    return str(Path(hits[0]).parents[1]) if hits else None
+
+
 def unit_figures(name, report_them=True):
     figs = {m: f"{RESULTS}/figures/{name}/{m}.png" for m in unit_models(name)}
     if name == "backprop":

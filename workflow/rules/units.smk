@@ -31,7 +31,7 @@ for _unit in UNIT_EXPERIMENTS:
         params:
             models=unit_models(_unit),
             settings=unit_settings(_unit),
-            fashion_dir=f"{RESOURCES}/fashion-mnist",
-            cifar_dir=f"{RESOURCES}/cifar10",
+            fashion_dir=fashion_dir_of,
+            cifar_dir=cifar_dir_of,
         script:
             "../scripts/unit_experiment.py"

@@ -73,9 +73,12 @@ def gini(maps: torch.Tensor) -> torch.Tensor:
 
 def to_image(maps: torch.Tensor, bgr: bool = False) -> torch.Tensor:
     """Display a projection (N, C, H, W) as (N, H, W, C) in [0, 1]: each map centred at 0.5
-    (grey = 0) and scaled by its 99.5th percentile magnitude (the few larger values saturate)."""
+    (grey = 0) and scaled by the 99.5th percentile of its non-zero magnitudes (the few larger
+    values saturate; zeros outside the receptive field do not count)."""
     m = maps.flip(1) if bgr else maps
-    flat = m.abs().flatten(1).float()
-    scale = torch.stack([row.quantile(0.995) for row in flat]).clamp_min(1e-12)
+    scale = torch.stack(
+        [row[row > 0].quantile(0.995) if (row > 0).any() else row.new_ones(()) for row in
+         m.abs().flatten(1).float()]
+    )  # fmt: skip
     scale = scale.view(-1, 1, 1, 1)
     return (0.5 + 0.5 * m / scale).clamp(0, 1).permute(0, 2, 3, 1)
