@@ -205,6 +205,28 @@ def _limit(batches, n: int):
         yield x
 
 
+@dataclass
+class LayerTops:
+    layer: str  # paper name
+    path: str  # module path
+    tops: object  # TopK
+    field: object  # Field
+    boxes: np.ndarray  # (H*W, 4) receptive field of every feature-map position
+
+
+def _layer_tops(name, entry, layers, k, max_images, probe, dev):
+    """Load a model, find the top-k images of every unit of its chosen layers in one pass, and
+    measure each layer's receptive field."""
+    m = load(name, entry["checkpoint"], entry["spec"], probe, dev)
+    paths = _paths(m, layers)
+    tops, n = _top(m, paths, k, max_images, dev)
+    out = []
+    for layer, p in zip(layers, paths, strict=True):
+        field = receptive_field(m.model, p, m.channels, probe=max(96, 2 * m.size))
+        out.append(LayerTops(layer, p, tops[p], field, field.boxes(tops[p].shape, (m.size,) * 2)))
+    return m, n, out
+
+
 def _boxed(img: np.ndarray, box) -> np.ndarray:
     """The image with the box's outline drawn in red."""
     a = figures.as_rgb(img).copy()
@@ -232,17 +254,13 @@ def top_images_experiment(
     result: dict = {"models": {}, "claims": {}}
     purer = {}
     for name, entry in models.items():
-        m = load(name, entry["checkpoint"], entry["spec"], probe, dev)
-        paths = _paths(m, layers[name])
-        tops, n = _top(m, paths, k, max_images, dev)
+        m, n, per_layer = _layer_tops(name, entry, layers[name], k, max_images, probe, dev)
         rng = np.random.default_rng(probe.seed)
         chance = np.mean([_purity(rng.choice(m.images.labels[:n], k)) for _ in range(2000)])
         rows, labels, info = [], [], {"probe": m.images.description, "images": n, "layers": {}}
         info["chance_purity"] = float(chance)
-        for layer, p in zip(layers[name], paths, strict=True):
-            t = tops[p]
-            field = receptive_field(m.model, p, m.channels, probe=max(96, 2 * m.size))
-            boxes = field.boxes(t.shape, (m.size, m.size))
+        for lt in per_layer:
+            layer, t, field, boxes = lt.layer, lt.tops, lt.field, lt.boxes
             alive = t.values[0] > 0
             purity = [
                 _purity(m.images.labels[t.index[:, u].numpy()])
@@ -322,17 +340,13 @@ def deconvnet_experiment(
     result: dict = {"models": {}, "claims": {}}
     switch_gain = {}
     for name, entry in models.items():
-        m = load(name, entry["checkpoint"], entry["spec"], probe, dev)
-        paths = _paths(m, layers[name])
-        tops, n = _top(m, paths, k, max_images, dev)
+        m, n, per_layer = _layer_tops(name, entry, layers[name], k, max_images, probe, dev)
         pooled = _has_maxpool(m.model)
         info = {"probe": m.images.description, "images": n, "has_maxpool": pooled, "layers": {}}
         rows, labels = [], []
-        for layer, p in zip(layers[name], paths, strict=True):
-            t = tops[p]
+        for lt in per_layer:
+            layer, p, t, field, boxes = lt.layer, lt.path, lt.tops, lt.field, lt.boxes
             chosen = _spread(t.values.shape[1], units)
-            field = receptive_field(m.model, p, m.channels, probe=max(96, 2 * m.size))
-            boxes = field.boxes(t.shape, (m.size, m.size))
             idx, loc, maps = _projections(m, p, t, chosen, k, "deconvnet", dev)
             shown = to_image(maps, bgr=m.pre.bgr).numpy()
             imgs = np.stack([m.images.image(int(i)) for i in idx])
@@ -381,16 +395,12 @@ def guided_backprop_experiment(
     sharpness: dict[str, dict[str, list]] = {}
     for name, entry in models.items():
         sharpness[name] = {r: [] for r in rules}
-        m = load(name, entry["checkpoint"], entry["spec"], probe, dev)
-        paths = _paths(m, layers[name])
-        tops, n = _top(m, paths, k, max_images, dev)
+        m, n, per_layer = _layer_tops(name, entry, layers[name], k, max_images, probe, dev)
         info = {"probe": m.images.description, "images": n, "layers": {}}
         rows, labels = [], []
-        for layer, p in zip(layers[name], paths, strict=True):
-            t = tops[p]
+        for lt in per_layer:
+            layer, p, t, boxes = lt.layer, lt.path, lt.tops, lt.boxes
             chosen = _spread(t.values.shape[1], units)
-            field = receptive_field(m.model, p, m.channels, probe=max(96, 2 * m.size))
-            boxes = field.boxes(t.shape, (m.size, m.size))
             per_rule = {r: _projections(m, p, t, chosen, k, r, dev) for r in rules}
             idx, loc, _ = per_rule[rules[0]]
             box = boxes[loc]
