@@ -23,12 +23,14 @@ def as_rgb(img: np.ndarray) -> np.ndarray:
 
 
 def tile(maps: np.ndarray, pad: int = 1, columns: int | None = None) -> np.ndarray:
-    """(N, H, W) maps -> one 2-D mosaic, each map min-max scaled jointly, padding set to 1."""
+    """(N, H, W) maps -> one 2-D mosaic, scaled jointly from the minimum to the 99.5th
+    percentile (the few larger values saturate), padding set to 1."""
     n, h, w = maps.shape
     cols = columns or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
-    lo, hi = float(maps.min()), float(maps.max())
-    scaled = (maps - lo) / (hi - lo) if hi > lo else np.zeros_like(maps)
+    lo, hi = float(maps.min()), float(np.percentile(maps, 99.5))
+    hi = hi if hi > lo else float(maps.max())
+    scaled = np.clip((maps - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(maps)
     out = np.ones((rows * (h + pad) - pad, cols * (w + pad) - pad), np.float32)
     for i in range(n):
         r, c = divmod(i, cols)
