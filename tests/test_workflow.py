@@ -107,7 +107,7 @@ def test_smoke_run_writes_the_unit_figures_and_their_claims(smoke):
     assert all(by_experiment.values())  # every unit experiment has compare rows
     # every claim is measured except the CIFAR-10 error of a net trained on Fashion-MNIST
     (error,) = [r for r in rows if "9.08%" in r["claim"]]
-    assert error["verdict"] == "n/a" and "Fashion-MNIST" in error["reason"]
+    assert error["verdict"] == "n/a" and "trained on fashion_mnist" in error["reason"]
     others = [r for e in UNIT_FIGURES for r in by_experiment[e] if r is not error]
     assert all(r["verdict"] in ("pass", "fail") and r["ours"] for r in others)
     top = json.loads((out / "metrics" / "top_images.json").read_text())

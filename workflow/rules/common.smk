@@ -138,7 +138,9 @@ def fashion_dir_of(wildcards, input):
 
 def cifar_dir_of(wildcards, input):
     """The CIFAR-10 folder (holding cifar-10-batches-py/) among a job's data inputs."""
-    hits = [f for f in input.get("data", []) if Path(f).parent.name == "cifar-10-batches-py"]
+    hits = [
+        f for f in input.get("data", []) if Path(f).parent.name == "cifar-10-batches-py"
+    ]
     return str(Path(hits[0]).parents[1]) if hits else None
 
 
