@@ -35,10 +35,20 @@ class InMemoryProbe:
             yield pre(self.data.images[start : start + batch_size]).to(device)
 
 
-def _centre_crop(img, size: int) -> np.ndarray:
-    im = resize_short_side(np.asarray(img.convert("RGB")), size)
-    y0, x0 = (im.shape[0] - size) // 2, (im.shape[1] - size) // 2
-    return im[y0 : y0 + size, x0 : x0 + size]
+class CentreCrop:
+    """PIL image -> uint8 (size, size, 3): short side resized to `size`, centre square."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, img) -> np.ndarray:
+        im = resize_short_side(np.asarray(img.convert("RGB")), self.size)
+        y0, x0 = (im.shape[0] - self.size) // 2, (im.shape[1] - self.size) // 2
+        return im[y0 : y0 + self.size, x0 : x0 + self.size]
+
+
+def _stack(items) -> np.ndarray:
+    return np.stack([im for im, _ in items])
 
 
 class FolderProbe:
@@ -46,7 +56,7 @@ class FolderProbe:
 
     def __init__(self, folder: str, size: int, n: int | None, workers: int):
         self.size, self.workers = size, workers
-        self.dataset = imagenet_val(folder, transform=lambda im: _centre_crop(im, size))
+        self.dataset = imagenet_val(folder, transform=CentreCrop(size))
         total = len(self.dataset)
         self.n = total if n is None else min(n, total)
         self.labels = np.array([t for _, t in self.dataset.samples[: self.n]])
@@ -65,7 +75,7 @@ class FolderProbe:
             subset,
             batch_size=batch_size,
             num_workers=self.workers,
-            collate_fn=lambda items: np.stack([im for im, _ in items]),
+            collate_fn=_stack,
         )
         for images in loader:
             yield pre(images).to(device)
