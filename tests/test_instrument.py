@@ -594,3 +594,23 @@ def test_recording_works_under_inference_mode():
         recorded, torch.nn.functional.conv2d(x, model[0].weight, model[0].bias)
     )
     assert not has_hooks(model)
+
+
+class _MustNotRun(nn.Module):
+    def forward(self, x):
+        raise AssertionError("a layer above the last recording ran")
+
+
+def test_stop_early_runs_nothing_above_the_recordings():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 1), _MustNotRun())
+    x = torch.randn(2, 1, 5, 5)
+    expected = model[2](torch.relu(model[0](x)))
+    with Instrument(model, ["2", "0"], stop_early=True) as ins:
+        assert ins.forward(x) is None
+        torch.testing.assert_close(ins["2"], expected)
+        with pytest.raises(InstrumentError, match=r"Instrument\.forward"):
+            model(x)  # called directly, the stop is a clear error, not a silent None
+    assert not has_hooks(model)
+    with pytest.raises(InstrumentError, match="needs something to record"):
+        Instrument(model, stop_early=True)

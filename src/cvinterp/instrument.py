@@ -54,6 +54,14 @@ class InstrumentError(RuntimeError):
     """The instrument cannot give a right answer for this model and request."""
 
 
+class _Stopped(InstrumentError):
+    """Raised once every recorded output is in (stop_early); `Instrument.forward` catches it."""
+
+    def __init__(self):
+        super().__init__("forward pass stopped after the last recording (stop_early=True): "
+                         "run the model with Instrument.forward(x)")  # fmt: skip
+
+
 class _ReLU(torch.autograd.Function):
     """max(x, 0) forward; the backward rule chosen by `rule`."""
 
@@ -85,8 +93,15 @@ def _uniform_maxpool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mo
     """Max-pool forward, average-pool backward: the signal is spread over each window."""
     if dilation not in (1, (1, 1), [1, 1]):
         raise InstrumentError("maxpool='uniform' needs undilated max-pools")
-    peak = F.max_pool2d(x, kernel_size, stride, padding, 1, ceil_mode)
-    spread = F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad=True)
+    return _spread_gradient(
+        F.max_pool2d(x, kernel_size, stride, padding, 1, ceil_mode),
+        F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad=True),
+    )
+
+
+def _spread_gradient(peak: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """The value of `peak` with the gradient of `spread` (an average pool over the same
+    windows)."""
     return peak.detach() + (spread - spread.detach())
 
 
@@ -112,9 +127,7 @@ class _Rules(TorchFunctionMode):
             if kwargs.get("return_indices") or (len(args) > 2 and args[2]):
                 raise InstrumentError("maxpool='uniform' cannot return max-pool indices")
             x, size = args[0], args[1] if len(args) > 1 else kwargs["output_size"]
-            peak = F.adaptive_max_pool2d(x, size)
-            spread = F.adaptive_avg_pool2d(x, size)
-            return peak.detach() + (spread - spread.detach())
+            return _spread_gradient(F.adaptive_max_pool2d(x, size), F.adaptive_avg_pool2d(x, size))
         if self.relu in ("deconvnet", "guided") and func in _OTHER_NONLINEAR:
             raise InstrumentError(
                 f"the model calls {getattr(func, '__name__', func)}: the {self.relu} rule is "
@@ -146,6 +159,8 @@ class Instrument:
     record: module paths whose outputs are kept in `self.outputs[path]` after each forward.
     edit:   {module path: function(output) -> new output}, applied before recording.
     detach: keep recordings out of the graph (streaming statistics, no gradients needed).
+    stop_early: abandon the forward pass once every recorded output is in (nothing above the
+        deepest recorded layer runs); run the model with `forward(x)`, which returns None then.
     """
 
     def __init__(
@@ -157,6 +172,7 @@ class Instrument:
         relu: str = "gradient",
         maxpool: str = "switches",
         detach: bool = False,
+        stop_early: bool = False,
     ):
         if relu not in RELU_RULES:
             raise InstrumentError(f"relu rule {relu!r}; choose one of {RELU_RULES}")
@@ -166,6 +182,9 @@ class Instrument:
         self.record = list(record)
         self.edit = dict(edit or {})
         self.relu, self.maxpool, self.detach = relu, maxpool, detach
+        if stop_early and not self.record:
+            raise InstrumentError("stop_early needs something to record")
+        self.stop_early = stop_early
         self.modules = resolve_modules(model, dict.fromkeys(self.record + list(self.edit)))
         self.outputs: dict[str, torch.Tensor] = {}
         self._versions: dict[str, int] = {}
@@ -208,9 +227,18 @@ class Instrument:
                 self.outputs[path] = kept
                 # inference tensors (torch.inference_mode) carry no version counter
                 self._versions[path] = None if kept.is_inference() else kept._version
+                if self.stop_early and len(self.outputs) == len(self.record):
+                    raise _Stopped
             return output
 
         return hook
+
+    def forward(self, *args, **kwargs):
+        """Run the model; with stop_early, return None once the recordings are in."""
+        try:
+            return self.model(*args, **kwargs)
+        except _Stopped:
+            return None
 
     def __enter__(self) -> Instrument:
         try:

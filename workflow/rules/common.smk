@@ -55,7 +55,12 @@ def model_spec(wildcards):
 
 def model_inputs(wildcards):
     """Files a model's job reads: its dataset when it is fetched by a rule."""
-    spec = config["models"][wildcards.model]
+    return dataset_files(wildcards.model)
+
+
+def dataset_files(model):
+    """The files of the dataset a model is trained on, when a rule fetches them."""
+    spec = config["models"][model]
     if spec.get("weights", "train") == "train":
         if spec["dataset"] == "fashion_mnist":
             return fashion_mnist_files()
@@ -112,17 +117,10 @@ def unit_models(name):
 
 def unit_inputs(name):
     """Checkpoints, the datasets they were trained on, and the metrics a claim reads."""
-    data = set()
-    for m in unit_models(name):
-        spec = config["models"][m]
-        if spec.get("weights", "train") == "train":
-            if spec["dataset"] == "fashion_mnist":
-                data.update(fashion_mnist_files())
-            elif spec["dataset"] == "cifar10":
-                data.update(cifar10_files())
+    models = unit_models(name)
     files = {
-        "checkpoints": [f"{RESULTS}/models/{m}.pt" for m in unit_models(name)],
-        "data": sorted(data),
+        "checkpoints": [f"{RESULTS}/models/{m}.pt" for m in models],
+        "data": sorted({f for m in models for f in dataset_files(m)}),
     }
     tested = config["experiments"][name].get("test_error_model")
     if tested:

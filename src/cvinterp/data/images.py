@@ -206,19 +206,19 @@ def photo_patches(split: str, size: int, n: int, seed: int, short_side: int = 25
 
     Each photo is resized to a short side of `short_side`; train crops come from the left 80%
     of its width and test crops from the right 20% (at least one patch wide), so the test
-    split shares no pixel with the training split. Crops are drawn uniformly over photos with
-    a fixed seed.
+    split shares no pixel with the training split; split "all" crops anywhere (probe images,
+    no training). Crops are drawn uniformly over photos with a fixed seed.
     """
     names = photo_names()
     imgs = [resize_short_side(im, short_side) for im in photos(names).values()]
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    rng = np.random.default_rng([seed, {"train": 0, "test": 1, "all": 2}[split]])
     labels = rng.integers(0, len(imgs), n)
     out = np.empty((n, size, size, 3), np.uint8)
     for i, lab in enumerate(labels):
         im = imgs[lab]
         h, w = im.shape[:2]
         cut = min(int(0.8 * w), w - size)  # the test strip is at least one patch wide
-        lo, hi = (0, cut - size) if split == "train" else (cut, w - size)
+        lo, hi = {"train": (0, cut - size), "test": (cut, w - size), "all": (0, w - size)}[split]
         x = rng.integers(lo, hi + 1)
         y = rng.integers(0, h - size + 1)
         patch = im[y : y + size, x : x + size]

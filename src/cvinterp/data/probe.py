@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from cvinterp.data.images import ImageData, imagenet_val, photo_names, photos, resize_short_side
+from cvinterp.data.images import ImageData, imagenet_val, photo_patches, resize_short_side
 
 
 class InMemoryProbe:
@@ -84,13 +84,4 @@ class FolderProbe:
 def photo_crops(size: int, n: int, seed: int) -> ImageData:
     """`n` random size x size crops of the bundled photos, each photo first resized to a short
     side of 1.5 x size; labelled by photo. Deterministic for a seed."""
-    names = photo_names()
-    imgs = [resize_short_side(im, round(1.5 * size)) for im in photos(names).values()]
-    rng = np.random.default_rng([seed, 2])
-    labels = rng.integers(0, len(imgs), n)
-    out = np.empty((n, size, size, 3), np.uint8)
-    for i, lab in enumerate(labels):
-        h, w = imgs[lab].shape[:2]
-        y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-        out[i] = imgs[lab][y : y + size, x : x + size]
-    return ImageData(out, labels.astype(np.int64), names)
+    return photo_patches("all", size, n, seed, short_side=round(1.5 * size))

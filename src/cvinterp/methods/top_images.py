@@ -71,19 +71,15 @@ def top_activations(
     model.eval()
     tops = {layer: StreamingTopK(k) for layer in layers}
     offset = 0
-    with Instrument(model, layers, detach=True) as ins:
+    with Instrument(model, layers, detach=True, stop_early=True) as ins:
         for x in batches:
-            model(x)
+            ins.forward(x)
             for layer in layers:
                 tops[layer].update(ins[layer], offset)
             offset += len(x)
             if progress is not None:
                 progress.update(len(x))
     return {layer: t.result() for layer, t in tops.items()}
-
-
-class _Stop(Exception):
-    pass
 
 
 @dataclass
@@ -126,21 +122,12 @@ def receptive_field(model: nn.Module, layer: str, in_channels: int, probe: int =
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
     x = torch.ones(1, in_channels, probe, probe, device=device, requires_grad=True)
-    kept = {}
-
-    def stop(output):
-        kept["act"] = output
-        raise _Stop
-
     with (
         torch.enable_grad(),
-        Instrument(model, edit={layer: stop}, relu="linear", maxpool="uniform"),
+        Instrument(model, [layer], relu="linear", maxpool="uniform", stop_early=True) as ins,
     ):
-        try:
-            model(x)
-        except _Stop:
-            pass
-    act = kept["act"]
+        ins.forward(x)
+    act = ins[layer]
     if act.dim() == 2:  # a fully connected layer sees the whole image
         return Field((0, 0), (0, 0), (0, 0))
     _, _, h, w = act.shape
