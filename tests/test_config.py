@@ -94,6 +94,26 @@ def test_experiment_must_name_defined_models():
             lambda e: e["guided_backprop"].update(test_error_model="tower_fmnist"),
             r"'experiments\.guided_backprop\.test_error_model'.*must also be listed",
         ),
+        (
+            lambda e: e["actmax"]["erhan"].update(model="vgg99"),
+            r"experiments\.actmax\.erhan\.model' names model 'vgg99'",
+        ),
+        (
+            lambda e: e["actmax"]["yosinski"].update(layer="fc8"),
+            r"experiments\.actmax\.yosinski\.model.*'fc8' is not a named layer of squeezenet1_1",
+        ),
+        (
+            lambda e: e["embedding"]["layers"]["allcnn_fmnist"].append("input"),
+            r"experiments\.embedding\.layers\.allcnn_fmnist.*'input' is not a named layer",
+        ),
+        (
+            lambda e: e["inversion_dip"]["sizes"].update(allcnn_fmnist=32),
+            r"'experiments\.inversion_dip\.sizes\.allcnn_fmnist'.*must also be listed",
+        ),
+        (
+            lambda e: e["inversion_learned"]["layers"].update(tower_fmnist=["pool5"]),
+            r"experiments\.inversion_learned\.layers\.tower_fmnist.*'pool5'",
+        ),
     ],
 )
 def test_unit_experiments_must_name_defined_models_and_layers(edit, message):
@@ -111,6 +131,37 @@ def test_unit_experiment_settings_are_checked():
         resolve(cfg, SCHEMA)
     assert "experiments.top_images.k" in str(err.value)
     assert "experiments.occlusion.models.squeezenet.windw" in str(err.value)
+
+
+def test_all_unit_experiment_settings_are_checked():
+    cfg = load("smoke")
+    cfg["experiments"]["actmax"]["yosinski"]["settings"] = [5]
+    cfg["experiments"]["actmax"]["erhan"]["starts"] = 1  # nothing to compare
+    cfg["experiments"]["embedding"]["tsne"]["perplexty"] = 30
+    cfg["experiments"]["inversion_learned"]["losses"] = {"perceptual": {"feature": 1.0}}
+    with pytest.raises(ConfigError) as err:
+        resolve(cfg, SCHEMA)
+    text = str(err.value)
+    for key in ("actmax.yosinski.settings", "actmax.erhan.starts", "embedding.tsne.perplexty",
+                "inversion_learned.losses"):  # fmt: skip
+        assert f"experiments.{key}" in text, key
+
+
+def test_identity_layer_is_only_for_inversion_and_defaults_are_the_papers():
+    cfg = resolve(load("config"), SCHEMA)["experiments"]
+    assert "input" in cfg["inversion_dip"]["layers"]["tower_fmnist"]
+    tsne = cfg["embedding"]["tsne"]
+    assert (tsne["perplexity"], tsne["learning_rate"], tsne["early_exaggeration"]) == (40, 100, 4)
+    assert (tsne["exaggeration_iterations"], tsne["momentum_switch"], tsne["iterations"]) == (
+        50, 250, 1000,
+    )  # fmt: skip
+    gen = cfg["inversion_dip"]["generator"]
+    assert gen == {"channels": [16, 32, 64, 128, 128, 128], "kernels": [7, 7, 5, 5, 3, 3],
+                   "skip": 4, "input_depth": 32}  # fmt: skip
+    assert cfg["inversion_dip"]["lr"] == 0.001
+    paper = resolve(load("paper"), SCHEMA)["experiments"]
+    assert paper["inversion_dip"]["iterations"] == 3100
+    assert paper["actmax"]["yosinski"]["max_iterations"] is None  # the paper's 500-1000
 
 
 def test_version_is_a_hash_of_the_resolved_config():

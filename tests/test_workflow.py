@@ -91,6 +91,11 @@ UNIT_FIGURES = {
     "guided_backprop": ["allcnn_fmnist", "squeezenet"],
     "backprop": ["allcnn_fmnist", "squeezenet", "randomisation"],
     "occlusion": ["allcnn_fmnist", "squeezenet"],
+    # what all units do
+    "actmax": ["erhan", "yosinski"],
+    "embedding": ["allcnn_fmnist", "allcnn_fmnist_thumbnails", "allcnn_fmnist_units"],
+    "inversion_dip": ["tower_fmnist", "squeezenet"],
+    "inversion_learned": ["tower_fmnist"],
 }
 
 
@@ -115,6 +120,26 @@ def test_smoke_run_writes_the_unit_figures_and_their_claims(smoke):
     assert top["models"]["allcnn_fmnist"]["images"] == 256  # max_images of the smoke profile
     sanity = json.loads((out / "metrics" / "backprop.json").read_text())["sanity"]
     assert set(sanity["mean_spearman"]) == {"backprop", "deconvnet", "guided_backprop"}
+
+
+def test_smoke_run_measures_what_all_units_do(smoke):
+    wd, out, _ = smoke
+    act = json.loads((out / "metrics" / "actmax.json").read_text())
+    for layer in act["erhan"]["layers"].values():  # ascent raised every layer's units
+        assert layer["activation_final_mean"] > layer["activation_start_mean"]
+    assert set(act["yosinski"]["settings"]) == {"1", "4"}
+    assert all(s["iterations"] == 3 for s in act["yosinski"]["settings"].values())
+    emb = json.loads((out / "metrics" / "embedding.json").read_text())
+    assert emb["tsne"]["perplexity"] == 40 and emb["tsne"]["iterations"] == 120
+    assert emb["models"]["allcnn_fmnist"]["images"] == 300
+    dip = json.loads((out / "metrics" / "inversion_dip.json").read_text())
+    assert dip["models"]["squeezenet"]["size"] == 48
+    assert set(dip["models"]["tower_fmnist"]["layers"]) == {"input", "conv3", "fc7"}
+    learned = json.loads((out / "metrics" / "inversion_learned.json").read_text())
+    for row in learned["models"]["tower_fmnist"]["layers"].values():
+        assert set(row) == {f"{loss}_{m}" for loss in ("pixel", "perceptual")
+                            for m in ("pixel_rmse", "feature_error")}  # fmt: skip
+        assert 0 < row["pixel_pixel_rmse"] < 0.5
 
 
 def test_rerun_does_nothing_and_other_configs_get_their_own_folder(smoke):

@@ -96,6 +96,11 @@ def _named_models(exp: dict) -> list[tuple[str, str, list[str]]]:
             out.append((key, exp[key], []))
     if exp.get("sanity"):
         out.append(("sanity.model", exp["sanity"]["model"], []))
+    for key in ("erhan", "yosinski"):  # actmax
+        sub = exp.get(key)
+        if isinstance(sub, dict):
+            layers = sub.get("layers") or ([sub["layer"]] if sub.get("layer") else [])
+            out.append((f"{key}.model", sub["model"], layers))
     return out
 
 
@@ -112,7 +117,9 @@ def _check_references(config: dict) -> None:
                     f"config key 'experiments.{name}.{key}' names model '{m}', which is not "
                     f"defined under 'models' (defined: {', '.join(sorted(models))})"
                 )
-            known = zoo()[models[m]["arch"]]["layers"]
+            known = list(zoo()[models[m]["arch"]]["layers"])
+            if name.startswith("inversion"):
+                known.append("input")  # the identity: inversion must give the image back
             bad = [layer for layer in layers if layer not in known]
             if bad:
                 raise ConfigError(
@@ -120,6 +127,12 @@ def _check_references(config: dict) -> None:
                     f"a named layer of {models[m]['arch']} (named: {', '.join(known)})"
                 )
         listed = exp.get("models", [])
+        for m in exp.get("sizes", {}):
+            if m not in exp.get("layers", {}):
+                raise ConfigError(
+                    f"config key 'experiments.{name}.sizes.{m}': '{m}' must also be listed in "
+                    f"'experiments.{name}.layers'"
+                )
         for key in ("test_error_model",):
             if exp.get(key) and exp[key] not in exp.get("layers", {}):
                 raise ConfigError(

@@ -105,6 +105,11 @@ UNIT_EXPERIMENTS = [
         "guided_backprop",
         "backprop",
         "occlusion",
+        # what all units do (issue 4): cvinterp.all_unit_experiments
+        "actmax",
+        "embedding",
+        "inversion_dip",
+        "inversion_learned",
     )
     if e in config["experiments"]
 ]
@@ -112,6 +117,9 @@ UNIT_EXPERIMENTS = [
 
 def unit_models(name):
     exp = config["experiments"][name]
+    if name == "actmax":
+        subs = [exp.get("erhan"), exp.get("yosinski")]
+        return list(dict.fromkeys(sub["model"] for sub in subs if sub))
     return list(exp["layers"]) if "layers" in exp else list(exp["models"])
 
 
@@ -143,7 +151,18 @@ def cifar_dir_of(wildcards, input):
 
 
 def unit_figures(name, report_them=True):
-    figs = {m: f"{RESULTS}/figures/{name}/{m}.png" for m in unit_models(name)}
+    if name == "actmax":
+        exp = config["experiments"]["actmax"]
+        keys = [k for k in ("erhan", "yosinski") if exp.get(k)]
+    elif name == "embedding":
+        keys = [
+            f"{m}{part}"
+            for m in unit_models(name)
+            for part in ("", "_thumbnails", "_units")
+        ]
+    else:
+        keys = unit_models(name)
+    figs = {k: f"{RESULTS}/figures/{name}/{k}.png" for k in keys}
     if name == "backprop":
         figs["randomisation"] = f"{RESULTS}/figures/{name}/randomisation.png"
     if not report_them:

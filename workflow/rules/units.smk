@@ -1,5 +1,7 @@
-# What one unit does: activations, top_images, deconvnet, guided_backprop, backprop, occlusion.
-# One rule per experiment in the config; each calls cvinterp.unit_experiments.<name>_experiment.
+# What one unit does: activations, top_images, deconvnet, guided_backprop, backprop, occlusion
+# (cvinterp.unit_experiments); what all units do: actmax, embedding, inversion_dip,
+# inversion_learned (cvinterp.all_unit_experiments). One rule per experiment in the config;
+# each calls <module>.<name>_experiment.
 
 
 for _unit in UNIT_EXPERIMENTS:

@@ -1,11 +1,12 @@
 from pathlib import Path
 
-from cvinterp import unit_experiments
+from cvinterp import all_unit_experiments, unit_experiments
 from cvinterp.logs import logged
 
 config = snakemake.config
 with logged(snakemake.log[0]):
-    run = getattr(unit_experiments, f"{snakemake.rule}_experiment")
+    step = f"{snakemake.rule}_experiment"
+    run = getattr(unit_experiments, step, None) or getattr(all_unit_experiments, step)
     models = {
         m: {"checkpoint": ckpt, "spec": config["models"][m]}
         for m, ckpt in zip(snakemake.params.models, snakemake.input.checkpoints, strict=True)

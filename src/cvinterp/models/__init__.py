@@ -19,10 +19,11 @@ import yaml
 from torch import nn
 
 from cvinterp.models.all_cnn import AllCNNC
+from cvinterp.models.mlp import MLP
 from cvinterp.models.two_tower import TwoTowerAlexNet
 from cvinterp.safepickle import load_array_pickle
 
-ARCHS = ("two_tower_alexnet", "all_cnn_c", "squeezenet1_1", "alexnet", "vgg16", "resnet18")
+ARCHS = ("two_tower_alexnet", "all_cnn_c", "mlp", "squeezenet1_1", "alexnet", "vgg16", "resnet18")
 
 
 class CheckpointError(RuntimeError):
@@ -52,6 +53,16 @@ class Preprocessing:
             x = x.flip(1)
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """float (N,C,H,W) RGB in [0, 1] -> the network's input; differentiable, on x's device
+        and in its dtype (what image-synthesis methods optimise through)."""
+        x = x * self.value_range
+        if self.bgr:
+            x = x.flip(1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
 
     def to_dict(self) -> dict:
@@ -106,6 +117,8 @@ def build(arch: str, num_classes: int = 1000, in_channels: int = 3, **arch_args)
         return TwoTowerAlexNet(in_channels, num_classes, **arch_args)
     if arch == "all_cnn_c":
         return AllCNNC(in_channels, num_classes, **arch_args)
+    if arch == "mlp":
+        return MLP(in_channels, num_classes, **arch_args)
     if arch in ("squeezenet1_1", "alexnet", "vgg16", "resnet18"):
         import torchvision
 

@@ -1,0 +1,190 @@
+"""Activation maximisation: Erhan et al. 2009, with Yosinski et al. 2015's regularisers.
+
+Gradient ascent on the input for many units at once: image i of the batch maximises unit
+`units[i]` of one layer, so all units of a layer (or all random starts of one unit) are one
+batch. The images are optimised in *pixel units*: the network's input with its mean removed,
+on the 0-255 scale (Caffe's input space, where Yosinski et al.'s learning rates and decay are
+stated); `to_input` maps them into the network's normalised input.
+
+- `yosinski`: plain gradient ascent with L2 decay, a Gaussian blur every few steps, and clipping
+  of pixels with a small norm or a small contribution (Yosinski et al. 2015, Table 1);
+- `erhan`: gradient ascent on the sphere ||x|| = rho (Erhan et al. 2009's norm constraint).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvinterp.instrument import Instrument
+
+
+@dataclass(frozen=True)
+class Regulariser:
+    """One column of Yosinski et al. 2015, Table 1 (0 turns a regulariser off)."""
+
+    decay: float = 0.0  # L2 decay: x <- (1 - decay) x every step
+    blur_every: int = 0  # blur every this many steps
+    blur_radius: float = 0.0  # Gaussian sigma, pixels
+    norm_pct: float = 0.0  # zero pixels whose norm (over channels) is below this percentile
+    contrib_pct: float = 0.0  # zero pixels whose |x * grad| (summed over channels) is below it
+    iterations: int = 1000
+    lr: float = 100.0
+
+
+# Table 1 of Yosinski et al. 2015. The learning rate of settings 1 and 4 is not in the table;
+# 100, that of settings 2 and 3, is assumed.
+YOSINSKI_SETTINGS = {
+    1: Regulariser(decay=0.0, blur_every=4, blur_radius=0.5, norm_pct=50, iterations=500),
+    2: Regulariser(decay=0.3, norm_pct=20, iterations=750),
+    3: Regulariser(decay=1e-4, blur_every=4, blur_radius=1.0, iterations=1000),
+    4: Regulariser(decay=0.0, blur_every=4, blur_radius=0.5, contrib_pct=90, iterations=1000),
+}
+
+
+@dataclass
+class Result:
+    images: torch.Tensor  # (N, C, H, W) in pixel units
+    start: torch.Tensor  # (N,) the objective at the start
+    final: torch.Tensor  # (N,) the objective at the end
+    settings: dict
+
+
+def unit_objective(
+    model: nn.Module, layer: str | None, units: torch.Tensor, where: str = "centre"
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x (N, C, H, W) -> (N,) activation of unit units[i] in image i.
+
+    `layer` is a module path (None: the model's output). For a conv layer, `where` picks the
+    unit's activation at the map's centre (Yosinski et al.) or its spatial mean.
+    """
+    if where not in ("centre", "mean"):
+        raise ValueError(f"where must be 'centre' or 'mean', not {where!r}")
+
+    def value(x: torch.Tensor) -> torch.Tensor:
+        if layer is None:
+            a = model(x)
+        else:
+            with Instrument(model, [layer], stop_early=True) as ins:
+                ins.forward(x)
+                a = ins[layer]
+        a = a[torch.arange(len(x), device=x.device), units.to(x.device)]
+        if a.ndim == 3:  # (N, H, W)
+            h, w = a.shape[1:]
+            a = a[:, h // 2, w // 2] if where == "centre" else a.mean((1, 2))
+        return a
+
+    return value
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Depthwise Gaussian blur (reflect padding), the same for every image and channel."""
+    if sigma <= 0:
+        return x
+    r = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _below_percentile(score: torch.Tensor, pct: float) -> torch.Tensor:
+    """Mask (N, 1, H, W) of pixels whose score (N, H, W) is below the image's percentile."""
+    q = torch.quantile(score.flatten(1), pct / 100, dim=1).view(-1, 1, 1)
+    return (score < q)[:, None]
+
+
+def yosinski(
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    to_input: Callable[[torch.Tensor], torch.Tensor],
+    setting: Regulariser,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    iterations: int | None = None,
+    progress=None,
+) -> Result:
+    """Regularised gradient ascent (Yosinski et al. 2015) of a batch of images in pixel units.
+
+    `bounds` (low, high), broadcastable to the images, keeps pixels valid; `iterations`
+    overrides the setting's (the default profile runs fewer).
+    """
+    x = start.detach().clone()
+    steps = setting.iterations if iterations is None else iterations
+    with torch.no_grad():
+        first = objective(to_input(x))
+    for t in range(steps):
+        x.requires_grad_(True)
+        value = objective(to_input(x))
+        (grad,) = torch.autograd.grad(value.sum(), x)
+        with torch.no_grad():
+            x = x + setting.lr * grad
+            if setting.decay:
+                x = x * (1 - setting.decay)
+            if setting.blur_every and setting.blur_radius and (t + 1) % setting.blur_every == 0:
+                x = gaussian_blur(x, setting.blur_radius)
+            if setting.norm_pct:
+                x = x.masked_fill(_below_percentile(x.norm(dim=1), setting.norm_pct), 0)
+            if setting.contrib_pct:
+                contribution = (x * grad).sum(1).abs()
+                x = x.masked_fill(_below_percentile(contribution, setting.contrib_pct), 0)
+            if bounds is not None:
+                x = torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
+        if progress is not None:
+            progress.update(1)
+    with torch.no_grad():
+        final = objective(to_input(x))
+    return Result(x.detach(), first, final, {**asdict(setting), "iterations": steps})
+
+
+def erhan(
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    rho: float,
+    iterations: int = 1000,
+    step: float = 0.05,
+    progress=None,
+) -> Result:
+    """Gradient ascent on the sphere ||x|| = rho (Erhan et al. 2009): a step along the
+    normalised gradient (a fraction `step` of rho), then a projection back onto the sphere.
+    The objective takes the images as they are (already in the network's input space)."""
+
+    def project(v: torch.Tensor) -> torch.Tensor:
+        return v * (rho / v.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, *[1] * (v.ndim - 1))
+
+    x = project(start.detach().clone())
+    with torch.no_grad():
+        first = objective(x)
+    for _ in range(iterations):
+        x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(x).sum(), x)
+        with torch.no_grad():
+            g = grad.flatten(1)
+            g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            x = project(x + step * rho * g.view_as(x))
+        if progress is not None:
+            progress.update(1)
+    with torch.no_grad():
+        final = objective(x)
+    return Result(x.detach(), first, final, {"rho": rho, "iterations": iterations, "step": step})
+
+
+def pairwise_correlation(images: torch.Tensor, groups: torch.Tensor) -> tuple[float, float]:
+    """Mean Pearson correlation between images of the same group (e.g. the random starts of
+    one unit) and between images of different groups."""
+    v = images.flatten(1).double()
+    v = v - v.mean(1, keepdim=True)
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    r = v @ v.T
+    same = groups[:, None] == groups[None, :]
+    off = ~torch.eye(len(v), dtype=torch.bool)
+    within = r[same & off]
+    between = r[~same]
+    return float(within.mean()), float(between.mean()) if len(between) else float("nan")
