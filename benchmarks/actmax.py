@@ -45,9 +45,7 @@ where a max-pool or ReLU decision flips in one image; the differences are printe
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -55,10 +53,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torchvision
+from common import device_name, non_inplace_copy, timed
 from torch import nn
 
 from cvinterp.instrument import Instrument
 from cvinterp.methods import actmax as am
+from cvinterp.models import Preprocessing
 
 ARCHS = ("alexnet", "squeezenet1_1")
 LAYER = {"alexnet": "features.10", "squeezenet1_1": "features.12"}
@@ -77,54 +77,12 @@ DEFAULTS = {
 QUICK = dict(archs=["alexnet"], units=4, iterations=4, repeats=1)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def build(arch: str, device: torch.device) -> nn.Module:
     torch.manual_seed(SEED)
     model = getattr(torchvision.models, arch)(weights=None).eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-def non_inplace_copy(model: nn.Module) -> nn.Module:
-    """A deep copy with every nn.ReLU out of place (lucent's forward hooks need it)."""
-    twin = copy.deepcopy(model)
-    for m in twin.modules():
-        if isinstance(m, nn.ReLU):
-            m.inplace = False
-    return twin.eval()
-
-
-def pixel_space(device: torch.device):
-    """(to_input, mean, bounds) of the pixel-unit space yosinski() works in: 0-255, mean removed."""
-    mean = torch.tensor(MEAN, device=device).view(1, -1, 1, 1) * 255
-    std = torch.tensor(STD, device=device).view(1, -1, 1, 1) * 255
-    return (lambda u: u / std), mean, (-mean, 255 - mean)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
-    sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - t0, out
 
 
 def race(
@@ -192,7 +150,8 @@ def lucent_runs(lucent, twin, layer, units, size, mode, fft, device) -> dict[str
 def bench_arch(arch, device, n_units, steps, size, repeats, lucent, lucent_mode, fft) -> dict:
     model = build(arch, device)
     layer = LAYER[arch]
-    to_input, mean, bounds = pixel_space(device)
+    to_input, mean, bounds = am.pixel_space(Preprocessing(1.0, list(MEAN), list(STD)))
+    mean, bounds = mean.to(device), tuple(b.to(device) for b in bounds)
     with torch.no_grad(), Instrument(model, [layer], stop_early=True) as ins:
         ins.forward(torch.zeros(1, 3, size, size, device=device))
         shape = tuple(ins[layer].shape[1:])

@@ -32,9 +32,7 @@ Captum's Occlusion returns).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import platform
 import statistics
 import time
 import warnings
@@ -44,6 +42,7 @@ import numpy as np
 import torch
 import torchvision
 from captum.attr import GuidedBackprop, Occlusion
+from common import device_name, non_inplace_copy, timed
 from torch import nn
 
 from cvinterp.methods.backward import project
@@ -64,45 +63,10 @@ DEFAULTS = {
 }  # fmt: skip
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def build(arch: str, device: torch.device) -> nn.Module:
     torch.manual_seed(SEED)
     model = getattr(torchvision.models, arch)(weights=None)
     return model.eval().to(device)
-
-
-def non_inplace_copy(model: nn.Module) -> nn.Module:
-    """A deep copy with every nn.ReLU out of place (what Captum's GuidedBackprop needs)."""
-    twin = copy.deepcopy(model)
-    for m in twin.modules():
-        if isinstance(m, nn.ReLU):
-            m.inplace = False
-    return twin.eval()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
-    sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - t0, out
 
 
 def race(

@@ -434,3 +434,24 @@ def test_from_unit_equals_the_uint8_preprocessing(pre):
     scale = torch.tensor(pre.value_range) / torch.tensor(pre.std)
     scale = scale.flip(0) if pre.bgr else scale
     torch.testing.assert_close(x.grad[0, :, 0, 0], scale.float())
+
+
+def test_opentsne_gradient_is_a_quarter_of_the_papers():
+    """Why `tsne` passes 4 * eta: openTSNE's gradient lacks the factor 4 of the paper's Eq. 5
+    (dC/dy_i = 4 sum_j (p_ij - q_ij)(y_i - y_j)(1 + |y_i - y_j|^2)^-1)."""
+    import scipy.sparse
+    from openTSNE.tsne import kl_divergence_bh
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(12, 2))
+    p = rng.random((12, 12))
+    p = p + p.T
+    np.fill_diagonal(p, 0)
+    p /= p.sum()
+    d = y[:, None] - y[None]
+    w = 1 / (1 + (d**2).sum(-1))
+    np.fill_diagonal(w, 0)
+    q = w / w.sum()
+    paper = 4 * (((p - q) * w)[..., None] * d).sum(1)
+    _, grad = kl_divergence_bh(y, scipy.sparse.csr_matrix(p), dof=1, bh_params={"theta": 0.0})
+    np.testing.assert_allclose(paper, 4 * grad, rtol=1e-6, atol=1e-9)

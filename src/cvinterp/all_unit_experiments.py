@@ -76,15 +76,6 @@ def _trend_claim(per_model: dict[str, list[float]], layers: dict[str, list[str]]
 # --- activation maximisation (Erhan et al. 2009; Yosinski et al. 2015) ----------------------
 
 
-def _pixel_units(pre):
-    """(to_input, mean, bounds) of the pixel-unit space: input pixels on 0-255, mean removed,
-    in the network's channel order."""
-    scale = 255.0 / pre.value_range
-    mean = torch.tensor(pre.mean).view(1, -1, 1, 1) * scale
-    std = torch.tensor(pre.std).view(1, -1, 1, 1) * scale
-    return (lambda u: u / std.to(u.device)), mean, (-mean, 255 - mean)
-
-
 def actmax_experiment(
     models: dict[str, dict], *, erhan: dict | None, yosinski: dict | None, probe: Probe,
     device: str, threads: int, figure_dir: str, metrics: str,
@@ -168,7 +159,7 @@ def _yosinski(entry: dict, s: dict, probe: Probe, dev, path: str) -> dict:
 
     name = s["model"]
     m = _frozen(load(name, entry["checkpoint"], entry["spec"], probe, dev))
-    to_input, mean, bounds = _pixel_units(m.pre)
+    to_input, mean, bounds = am.pixel_space(m.pre)
     bounds = tuple(b.to(dev) for b in bounds)
     p = None if s["layer"] is None else layer_path(m.arch, s["layer"])
     classes = torch.tensor(s["classes"])

@@ -55,6 +55,16 @@ class Result:
     settings: dict
 
 
+def pixel_space(pre):
+    """(to_input, mean, bounds) of the pixel-unit space of a `Preprocessing`: input pixels on
+    0-255 with the mean removed, in the network's channel order. to_input(u) is the network's
+    input; u + mean are the pixels; bounds (low, high) keep them in 0-255."""
+    scale = 255.0 / pre.value_range
+    mean = torch.tensor(pre.mean).view(1, -1, 1, 1) * scale
+    std = torch.tensor(pre.std).view(1, -1, 1, 1) * scale
+    return (lambda u: u / std.to(u.device, u.dtype)), mean, (-mean, 255 - mean)
+
+
 def unit_objective(
     model: nn.Module, layer: str | None, units: torch.Tensor, where: str = "centre"
 ) -> Callable[[torch.Tensor], torch.Tensor]:

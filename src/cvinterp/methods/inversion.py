@@ -153,12 +153,27 @@ def dip_invert(
     def generate() -> torch.Tensor:
         return torch.cat([net(zi) for net, zi in zip(nets, z, strict=True)])
 
-    opt = torch.optim.Adam(nets.parameters(), lr=lr)
+    return _fit(model, to_input, generate, nets.parameters(), layers, targets,
+                iterations=iterations, lr=lr, dtype=dtype, log_every=log_every,
+                progress=progress)  # fmt: skip
+
+
+def _fit(
+    model, to_input, images: Callable[[], torch.Tensor], params, layers, targets, *,
+    iterations: int, lr: float, dtype, log_every: int, progress,
+    penalty: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Inversion:  # fmt: skip
+    """Adam on `params` until the features of `images()` match the targets (relative error,
+    plus a per-image `penalty` of the images); the images and their final feature errors."""
+    opt = torch.optim.Adam(params, lr=lr)
     targets = [t.detach().to(dtype) for t in targets]
     history = []
     for step in range(iterations):
         opt.zero_grad(set_to_none=True)
-        loss = _per_image_feature_loss(model, to_input(generate()), layers, targets)
+        x = images()
+        loss = _per_image_feature_loss(model, to_input(x), layers, targets)
+        if penalty is not None:
+            loss = loss + penalty(x)
         loss.sum().backward()
         opt.step()
         if step % log_every == 0 or step == iterations - 1:
@@ -166,7 +181,7 @@ def dip_invert(
         if progress is not None:
             progress.update(1)
     with torch.no_grad():
-        out = generate()
+        out = images()
         err = _per_image_feature_loss(model, to_input(out), layers, targets)
     return Inversion(out.detach(), err.detach(), history)
 
@@ -196,24 +211,10 @@ def tv_invert(
     ]) * 0.1  # fmt: skip
     logits = logits.to(dev, dtype)
     logits.requires_grad_(True)
-    opt = torch.optim.Adam([logits], lr=lr)
-    targets = [t.detach().to(dtype) for t in targets]
-    history = []
-    for step in range(iterations):
-        opt.zero_grad(set_to_none=True)
-        x = torch.sigmoid(logits)
-        feat = _per_image_feature_loss(model, to_input(x), layers, targets)
-        loss = feat + tv_weight * total_variation(x, beta)
-        loss.sum().backward()
-        opt.step()
-        if step % log_every == 0 or step == iterations - 1:
-            history.append(float(loss.detach().mean()))
-        if progress is not None:
-            progress.update(1)
-    with torch.no_grad():
-        out = torch.sigmoid(logits)
-        err = _per_image_feature_loss(model, to_input(out), layers, targets)
-    return Inversion(out.detach(), err.detach(), history)
+    return _fit(model, to_input, lambda: torch.sigmoid(logits), [logits], layers, targets,
+                iterations=iterations, lr=lr, dtype=dtype, log_every=log_every,
+                progress=progress,
+                penalty=lambda x: tv_weight * total_variation(x, beta))  # fmt: skip
 
 
 # --- learned inverters (Dosovitskiy & Brox 2016) --------------------------------------------

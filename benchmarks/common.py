@@ -1,0 +1,47 @@
+"""Helpers the benchmarks share: the device's name, a non-in-place model twin, timing."""
+
+from __future__ import annotations
+
+import copy
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def non_inplace_copy(model: nn.Module) -> nn.Module:
+    """A deep copy with every nn.ReLU out of place (what hook-based libraries need)."""
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return twin.eval()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    """(seconds, result) of one call, the device synchronised around it."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
