@@ -154,12 +154,20 @@ def _display(x: torch.Tensor) -> np.ndarray:
     return a
 
 
+def _stretch(u: torch.Tensor) -> np.ndarray:
+    """An optimised image (C, H, W, pixel units) for display: contrast stretched between its
+    0.5th and 99.5th percentiles (the changes are often a few grey levels)."""
+    a = u.permute(1, 2, 0).double().cpu().numpy()
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    return ((a - lo) / max(hi - lo, 1e-12)).clip(0, 1)
+
+
 def _yosinski(entry: dict, s: dict, probe: Probe, dev, path: str) -> dict:
     from torchvision.models._meta import _IMAGENET_CATEGORIES
 
     name = s["model"]
     m = _frozen(load(name, entry["checkpoint"], entry["spec"], probe, dev))
-    to_input, mean, bounds = am.pixel_space(m.pre)
+    to_input, _, bounds = am.pixel_space(m.pre)
     bounds = tuple(b.to(dev) for b in bounds)
     p = None if s["layer"] is None else layer_path(m.arch, s["layer"])
     classes = torch.tensor(s["classes"])
@@ -187,16 +195,15 @@ def _yosinski(entry: dict, s: dict, probe: Probe, dev, path: str) -> dict:
             "score_start": res.start.cpu().tolist(), "score_final": res.final.cpu().tolist(),
             "p_target": p_target.tolist(),
         }  # fmt: skip
-        pixels = res.images + mean.to(dev)  # back to 0-255
-        if m.pre.bgr:
-            pixels = pixels.flip(1)
-        columns.append([(pixels[i].permute(1, 2, 0).cpu().numpy() / 255).clip(0, 1)
-                        for i in range(len(classes))])  # fmt: skip
+        info["settings"][k]["pixel_std"] = res.images.flatten(1).std(1).cpu().tolist()
+        shown = res.images.flip(1) if m.pre.bgr else res.images  # RGB, pixel units
+        columns.append([_stretch(shown[i]) for i in range(len(classes))])
     rows = [[col[i] for col in columns] for i in range(len(classes))]
     labels = [f"{int(c)} {names[int(c)]}" for c in classes]
     cols = [f"setting {k} ({info['settings'][k]['iterations']} it.)" for k in s["settings"]]
     figures.image_rows(rows, labels, f"{name}: class visualisations with Yosinski et al. 2015's "
-                       "regularisers (Table 1, settings 1-4)", path, col_labels=cols,
+                       "regularisers (Table 1, settings 1-4), contrast stretched", path,
+                       col_labels=cols,
                        cell=2.0)  # fmt: skip
     return info
 
