@@ -21,6 +21,7 @@ PACKAGES = [
     "matplotlib",
     "snakemake",
     "mlxtend",
+    "openTSNE",
     "ndf",
     "pooch",
     "jsonschema",
