@@ -45,7 +45,6 @@ where a max-pool or ReLU decision flips in one image; the differences are printe
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -53,7 +52,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torchvision
-from common import device_name, non_inplace_copy, timed
+from common import device_name, non_inplace_copy, timed, write_json
 from torch import nn
 
 from cvinterp.instrument import Instrument
@@ -312,9 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['batched_vs_loop_max_abs_diff_images']:.2e}")  # fmt: skip
 
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+        write_json(result, args.out)
     return result
 
 

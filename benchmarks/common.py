@@ -1,8 +1,9 @@
-"""Helpers the benchmarks share: the device's name, a non-in-place model twin, timing."""
+"""Helpers the benchmarks share: the device's name, a non-in-place model twin, timing, output."""
 
 from __future__ import annotations
 
 import copy
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -45,3 +46,9 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object
     out = fn()
     sync(device)
     return time.perf_counter() - t0, out
+
+
+def write_json(result: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")

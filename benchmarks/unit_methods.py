@@ -32,7 +32,6 @@ Captum's Occlusion returns).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 import warnings
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 import torchvision
 from captum.attr import GuidedBackprop, Occlusion
-from common import device_name, non_inplace_copy, timed
+from common import device_name, non_inplace_copy, timed, write_json
 from torch import nn
 
 from cvinterp.methods.backward import project
@@ -265,9 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"occlusion: one image, batch {occ_batch} positions per forward pass")
 
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+        write_json(result, args.out)
     return result
 
 

@@ -25,10 +25,10 @@ from cvinterp.pipeline import dataset_kwargs, write_json
 from cvinterp.unit_experiments import (
     Loaded,
     Probe,
-    _class_images,
     _device_and_seed,
     _layer_tops,
     _limit,
+    _probe_images,
     _spread,
     load,
 )
@@ -61,15 +61,17 @@ def _depth_trend(errors: list[float]) -> float:
     return float(spearmanr(np.arange(len(errors)), errors).statistic)
 
 
-def _trend_claim(per_model: dict[str, list[float]], layers: dict[str, list[str]], what: str):
+def _trend_claim(per_model: dict[str, dict[str, float]], what: str):
+    """The weakest model's depth trend of an error given per layer, shallow to deep."""
+    per_model = {n: e for n, e in per_model.items() if len(e) >= 2}
     if not per_model:
         return {"na": "no model with two or more layers"}
-    trend = {n: _depth_trend(e) for n, e in per_model.items()}
+    trend = {n: _depth_trend(list(e.values())) for n, e in per_model.items()}
     ours = "; ".join(
-        f"{n}: Spearman {trend[n]:+.2f} over " + ", ".join(
-            f"{layer} {e:.3f}" for layer, e in zip(layers[n], per_model[n], strict=True))
-        for n in per_model
-    )  # fmt: skip
+        f"{n}: Spearman {trend[n]:+.2f} over "
+        + ", ".join(f"{layer} {v:.3f}" for layer, v in e.items())
+        for n, e in per_model.items()
+    )
     return {"value": min(trend.values()), "ours": f"{what} — {ours}"}
 
 
@@ -128,9 +130,9 @@ def _erhan(entry: dict, s: dict, probe: Probe, dev, path: str):
         }  # fmt: skip
         imgs = res.images.cpu().view(len(units), s["starts"], *x.shape[1:])
         shown = _spread(len(units), 8)
-        rows.append([figures.as_rgb(_display(imgs[i, 0])) for i in shown])
+        rows.append([figures.as_rgb(_stretch(imgs[i, 0], 0)) for i in shown])
         labels.append(f"{layer}: units {', '.join(str(units[i]) for i in shown)}\n(start 1)")
-        rows.append([figures.as_rgb(_display(imgs[shown[0], j])) for j in range(s["starts"])])
+        rows.append([figures.as_rgb(_stretch(imgs[shown[0], j], 0)) for j in range(s["starts"])])
         labels.append(f"{layer} unit {units[shown[0]]}:\n{s['starts']} random starts")
     figures.image_rows(rows, labels, f"{name}: activation maximisation on the sphere "
                        f"||x|| = {rho:.1f} (Erhan et al. 2009)", path)  # fmt: skip
@@ -147,18 +149,11 @@ def _erhan(entry: dict, s: dict, probe: Probe, dev, path: str):
     return info, claim
 
 
-def _display(x: torch.Tensor) -> np.ndarray:
-    """One optimised input (C, H, W) as a min-max scaled HWC image."""
-    a = x.permute(1, 2, 0).double().numpy()
-    a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
-    return a
-
-
-def _stretch(u: torch.Tensor) -> np.ndarray:
-    """An optimised image (C, H, W, pixel units) for display: contrast stretched between its
-    0.5th and 99.5th percentiles (the changes are often a few grey levels)."""
+def _stretch(u: torch.Tensor, pct: float) -> np.ndarray:
+    """An optimised image (C, H, W) for display, HWC: contrast stretched between its pct-th and
+    (100 - pct)-th percentiles (0: min-max)."""
     a = u.permute(1, 2, 0).double().cpu().numpy()
-    lo, hi = np.percentile(a, [0.5, 99.5])
+    lo, hi = np.percentile(a, [pct, 100 - pct])
     return ((a - lo) / max(hi - lo, 1e-12)).clip(0, 1)
 
 
@@ -194,10 +189,11 @@ def _yosinski(entry: dict, s: dict, probe: Probe, dev, path: str) -> dict:
             **res.settings, "paper_iterations": setting.iterations,
             "score_start": res.start.cpu().tolist(), "score_final": res.final.cpu().tolist(),
             "p_target": p_target.tolist(),
+            "pixel_std": res.images.flatten(1).std(1).cpu().tolist(),
         }  # fmt: skip
-        info["settings"][k]["pixel_std"] = res.images.flatten(1).std(1).cpu().tolist()
         shown = res.images.flip(1) if m.pre.bgr else res.images  # RGB, pixel units
-        columns.append([_stretch(shown[i]) for i in range(len(classes))])
+        # the changes are often a few grey levels: stretched for display
+        columns.append([_stretch(shown[i], 0.5) for i in range(len(classes))])
     rows = [[col[i] for col in columns] for i in range(len(classes))]
     labels = [f"{int(c)} {names[int(c)]}" for c in classes]
     cols = [f"setting {k} ({info['settings'][k]['iterations']} it.)" for k in s["settings"]]
@@ -209,16 +205,6 @@ def _yosinski(entry: dict, s: dict, probe: Probe, dev, path: str) -> dict:
 
 
 # --- embedding: t-SNE and PCA of a layer's features, top images of every unit ------------------
-
-
-@torch.no_grad()
-def _layer_features(m: Loaded, path: str, n: int, dev) -> np.ndarray:
-    """A layer's features for the first n probe images; conv maps averaged over space."""
-    out = []
-    for x in _limit(m.images.batches(m.pre, 256, dev), n):
-        f = inv.features(m.model, x, [path])[0]
-        out.append((f.mean((2, 3)) if f.ndim == 4 else f).cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
 
 
 def embedding_experiment(
@@ -235,8 +221,13 @@ def embedding_experiment(
     gains: dict[str, dict[str, float]] = {"knn_accuracy": {}, "trustworthiness": {}}
     for name, entry in models.items():
         layer = layers[name][0]
-        m, n, (lt,) = _layer_tops(name, entry, [layer], k, images, probe, dev)
-        feats = _layer_features(m, lt.path, n, dev)
+        pooled = []  # the layer's features from the top-k pass; conv maps averaged over space
+
+        def keep(path, a, pooled=pooled):
+            pooled.append((a.mean((2, 3)) if a.ndim == 4 else a).cpu().numpy())
+
+        m, n, (lt,) = _layer_tops(name, entry, [layer], k, images, probe, dev, observe=keep)
+        feats = np.concatenate(pooled).astype(np.float64)
         labels = np.asarray(m.images.labels[:n])
         maps = {"t-SNE": emb.tsne(feats, settings, probe.seed, threads),
                 "PCA": emb.pca(feats, 2, probe.seed)}  # fmt: skip
@@ -348,8 +339,7 @@ def _unit_grid_figure(m: Loaded, lt, k: int, path) -> None:
 def _inversion_images(m: Loaded, n: int, size: int, dev) -> torch.Tensor:
     """The images to invert, [0, 1] (N, C, size, size): labelled probe images, or the bundled
     photos of known class for an ImageNet net offline."""
-    imgs, _ = _class_images(m, n, dev)
-    x = _to_unit(imgs)
+    x = _to_unit(_probe_images(m, n))
     if x.shape[-1] != size:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
                                             antialias=True, align_corners=False)  # fmt: skip
@@ -405,18 +395,16 @@ def inversion_dip_experiment(
             info["layers"][layer] = row
         info["dip_loss_history"] = dip.history
         result["models"][name] = info
-        depth = [layer for layer in names if layer != "input"]
-        if len(depth) >= 2:
-            dip_err[name] = [info["layers"][layer]["dip_pixel_rmse"] for layer in depth]
+        dip_err[name] = {layer: v["dip_pixel_rmse"] for layer, v in info["layers"].items()
+                         if layer != "input"}  # fmt: skip
         dip_vs_tv[name] = float(np.mean([v["tv_pixel_rmse"] - v["dip_pixel_rmse"]
                                          for v in info["layers"].values()]))  # fmt: skip
-        _inversion_figure(m, x, names, pairs, {"deep image prior": dip.images,
-                          "TV prior": base.images}, info, f"{figure_dir}/{name}.png",
+        _inversion_figure(x, names, {"deep image prior": dip.images, "TV prior": base.images},
+                          f"{figure_dir}/{name}.png",
                           f"{name}: inverting features with a deep image prior (Ulyanov et al. "
                           "2018) and a TV prior (Mahendran & Vedaldi 2015)")  # fmt: skip
-    depth_layers = {n: [layer for layer in layers[n] if layer != "input"] for n in dip_err}
     result["claims"]["dip_error_grows_with_depth"] = _trend_claim(
-        dip_err, depth_layers, "deep-image-prior pixel RMSE by layer"
+        dip_err, "deep-image-prior pixel RMSE by layer"
     )
     result["claims"]["dip_closer_than_tv"] = {
         "value": min(dip_vs_tv.values()),
@@ -426,15 +414,14 @@ def inversion_dip_experiment(
     write_json(metrics, result)
 
 
-def _inversion_figure(m, x, names, pairs, methods: dict, info, path, title) -> None:
+def _inversion_figure(x, names, methods: dict, path, title) -> None:
+    """A row per (image, method): the original, then its inversion from each layer (the
+    inversions are image-major)."""
     rows, labels = [], []
     for i in range(len(x)):
         for key, imgs in methods.items():
-            row = [figures.as_rgb(_from_unit(x[i : i + 1].float())[0])]
-            for j, _ in enumerate(names):
-                q = pairs.index((i, j))
-                row.append(figures.as_rgb(_from_unit(imgs[q : q + 1].float())[0]))
-            rows.append(row)
+            shown = torch.cat([x[i : i + 1], imgs[i * len(names) : (i + 1) * len(names)]])
+            rows.append([figures.as_rgb(im) for im in _from_unit(shown.float())])
             labels.append(f"image {i + 1}\n{key}")
     cols = ["original"] + [f"{layer}" for layer in names]
     figures.image_rows(rows, labels, title, path, col_labels=cols, cell=1.6)
@@ -471,6 +458,9 @@ class _Head:
     def __init__(self, images, n: int):
         self.images, self.n = images, n
 
+    def __len__(self) -> int:
+        return self.n
+
     def batches(self, pre, batch_size, device):
         return _limit(self.images.batches(pre, batch_size, device), self.n)
 
@@ -496,7 +486,7 @@ def inversion_learned_experiment(
         names = layers[name]
         paths = {layer: _path(m, layer) for layer in names}
         train, test = _training_images(m, entry, probe, train_images, test_images)
-        steps = epochs * -(-train_images // batch_size)
+        steps = epochs * -(-len(train) // batch_size)
         bar = tqdm(total=steps, desc=f"{name}: inverters", mininterval=5)
         decoders = inv.train_inverters(
             m.model, m.pre.from_unit, lambda t=train: t.batches(_to_unit, batch_size, dev),
@@ -505,7 +495,7 @@ def inversion_learned_experiment(
         )  # fmt: skip
         bar.close()
         x = _to_unit(test).to(dev)
-        info = {"train_images": train_images, "test_images": len(x), "layers": {}}
+        info = {"train_images": len(train), "test_images": len(x), "layers": {}}
         recon = {}
         with torch.no_grad():
             feats = inv.features(m.model, m.pre.from_unit(x), list(paths.values()))
@@ -518,8 +508,7 @@ def inversion_learned_experiment(
                 row[f"{loss}_feature_error"] = float(inv.relative_error(f, target[layer]).mean())
         result["models"][name] = info
         lay = info["layers"]
-        if len(names) >= 2:
-            by_depth[name] = [lay[layer]["pixel_pixel_rmse"] for layer in names]
+        by_depth[name] = {layer: lay[layer]["pixel_pixel_rmse"] for layer in names}
         pix_gap[name] = float(np.mean([v[f"{other}_pixel_rmse"] - v["pixel_pixel_rmse"]
                                        for v in lay.values()]))  # fmt: skip
         feat_gap[name] = float(np.mean([v["pixel_feature_error"] - v[f"{other}_feature_error"]
@@ -537,7 +526,7 @@ def inversion_learned_experiment(
                            f"{figure_dir}/{name}.png", cell=1.2)  # fmt: skip
     claims = result["claims"]
     claims["learned_error_grows_with_depth"] = _trend_claim(
-        by_depth, layers, "pixel-loss inverter's pixel RMSE by layer"
+        by_depth, "pixel-loss inverter's pixel RMSE by layer"
     )
 
     def text(metric):

@@ -182,11 +182,11 @@ def _panel_figure(panels, titles, title, path) -> None:
 # --- top images -----------------------------------------------------------------------------
 
 
-def _top(m: Loaded, paths: list[str], k: int, max_images: int | None, dev):
+def _top(m: Loaded, paths: list[str], k: int, max_images: int | None, dev, observe=None):
     n = len(m.images) if max_images is None else min(max_images, len(m.images))
     bar = tqdm(total=n, desc=f"{m.name}: top-{k} images", mininterval=5)
     limited = _limit(m.images.batches(m.pre, 64, dev), n)
-    tops = top_activations(m.model, limited, paths, k, progress=bar)
+    tops = top_activations(m.model, limited, paths, k, progress=bar, observe=observe)
     bar.close()
     return tops, n
 
@@ -210,12 +210,13 @@ class LayerTops:
     boxes: np.ndarray  # (H*W, 4) receptive field of every feature-map position
 
 
-def _layer_tops(name, entry, layers, k, max_images, probe, dev):
-    """Load a model, find the top-k images of every unit of its chosen layers in one pass, and
-    measure each layer's receptive field."""
+def _layer_tops(name, entry, layers, k, max_images, probe, dev, observe=None):
+    """Load a model, find the top-k images of every unit of its chosen layers in one pass
+    (`observe(path, activations)` sees that pass too), and measure each layer's receptive
+    field."""
     m = load(name, entry["checkpoint"], entry["spec"], probe, dev)
     paths = _paths(m, layers)
-    tops, n = _top(m, paths, k, max_images, dev)
+    tops, n = _top(m, paths, k, max_images, dev, observe)
     out = []
     for layer, p in zip(layers, paths, strict=True):
         field = receptive_field(m.model, p, m.channels, probe=max(96, 2 * m.size))
@@ -472,20 +473,27 @@ def _test_error(test_error: dict | None) -> dict:
 # --- backprop: class maps and the randomisation sanity check (Adebayo et al. 2018) -----------
 
 
+def _probe_images(m: Loaded, n: int) -> np.ndarray:
+    """The first n labelled probe images; offline, an ImageNet net's bundled photos of known
+    class (uint8 NHWC)."""
+    if m.imagenet and not isinstance(m.images, FolderProbe):
+        photo = photos(list(IMAGENET_CHECK)).values()
+        return np.stack([centre_square(im, m.size) for im in photo])[:n]
+    return np.stack([m.images.image(i) for i in range(min(n, len(m.images)))])
+
+
 def _class_images(m: Loaded, n: int, dev):
     """Images and the class each map explains: labelled images (true class) for a model trained
     here or an ImageNet net with a validation folder; offline, the bundled photos of known
     ImageNet class (the most probable of their classes)."""
+    imgs = _probe_images(m, n)
     if m.imagenet and not isinstance(m.images, FolderProbe):
-        imgs = np.stack([centre_square(im, m.size) for im in photos(list(IMAGENET_CHECK)).values()])
         with torch.no_grad():
             prob = m.model(_x(m, imgs, dev)).softmax(1).cpu()
         classes = [max(ids, key=lambda c, i=i: prob[i, c]) for i, ids in
-                   enumerate(IMAGENET_CHECK.values())]  # fmt: skip
-        return imgs[:n], torch.tensor(classes[:n])
-    n = min(n, len(m.images))
-    return (np.stack([m.images.image(i) for i in range(n)]),
-            torch.as_tensor(m.images.labels[:n]))  # fmt: skip
+                   zip(range(len(imgs)), IMAGENET_CHECK.values(), strict=False)]  # fmt: skip
+        return imgs, torch.tensor(classes)
+    return imgs, torch.as_tensor(m.images.labels[: len(imgs)])
 
 
 def backprop_experiment(

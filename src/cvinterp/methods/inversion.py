@@ -286,9 +286,9 @@ def train_inverters(
     """
     names = list(layers)
     paths = [layers[n] for n in names]
-    with torch.no_grad():
-        x0 = next(iter(batches()))[:2].to(device)
-        shapes = [f.shape[1:] for f in features(model, to_input(x0), paths)]
+    with torch.no_grad():  # the layers' shapes, from a blank image (no data read for it)
+        blank = torch.zeros(1, channels, size, size, device=device)
+        shapes = [f.shape[1:] for f in features(model, to_input(blank), paths)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         decoders = {(n, loss): Decoder(s, size, channels, width).to(device)
@@ -300,6 +300,7 @@ def train_inverters(
     opt_c = critics and torch.optim.Adam(
         [p for c in critics.values() for p in c.parameters()], lr=lr, betas=(0.5, 0.999)
     )
+    need_feat = [key for key in decoders if losses[key[1]].feature]
     for _ in range(epochs):
         for x in batches():
             x = x.to(device)
@@ -307,14 +308,12 @@ def train_inverters(
                 feats = dict(zip(names, features(model, to_input(x), paths), strict=True))
             recon = {key: d(feats[key[0]]) for key, d in decoders.items()}
             total = 0.0
-            need_feat = [key for key in decoders if losses[key[1]].feature]
             if need_feat:
                 x_hat = torch.cat([recon[key] for key in need_feat])
                 # one forward pass of the network for every reconstruction that needs it
-                all_f = features(model, to_input(x_hat), sorted({layers[k[0]] for k in need_feat}))
-                by_path = dict(zip(sorted({layers[k[0]] for k in need_feat}), all_f, strict=True))
-                for j, key in enumerate(need_feat):
-                    f = by_path[layers[key[0]]][j * len(x) : (j + 1) * len(x)]
+                all_f = features(model, to_input(x_hat), [layers[k[0]] for k in need_feat])
+                for j, (key, f) in enumerate(zip(need_feat, all_f, strict=True)):
+                    f = f[j * len(x) : (j + 1) * len(x)]
                     total = total + losses[key[1]].feature * relative_error(f, feats[key[0]]).mean()
             for key, r in recon.items():
                 w = losses[key[1]]

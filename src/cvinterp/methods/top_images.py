@@ -8,7 +8,7 @@ one forward pass per batch, a running top-k merged with `torch.topk`, nothing re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,9 +65,11 @@ def top_activations(
     layers: list[str],
     k: int,
     progress=None,
+    observe: Callable[[str, torch.Tensor], None] | None = None,
 ) -> dict[str, TopK]:
     """One pass over `batches` (preprocessed input tensors, in dataset order) -> top-k per unit
-    for every module path in `layers`."""
+    for every module path in `layers`. `observe(path, activations)`, when given, sees every
+    batch's activations too (other statistics from the same pass)."""
     model.eval()
     tops = {layer: StreamingTopK(k) for layer in layers}
     offset = 0
@@ -76,6 +78,8 @@ def top_activations(
             ins.forward(x)
             for layer in layers:
                 tops[layer].update(ins[layer], offset)
+                if observe is not None:
+                    observe(layer, ins[layer])
             offset += len(x)
             if progress is not None:
                 progress.update(len(x))

@@ -47,18 +47,15 @@ class Preprocessing:
             if isinstance(images, np.ndarray)
             else images
         )
-        x = x.permute(0, 3, 1, 2).float()
-        x = x * (self.value_range / 255.0)
-        if self.bgr:
-            x = x.flip(1)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return self._normalise(x.permute(0, 3, 1, 2).float() * (self.value_range / 255.0))
 
     def from_unit(self, x: torch.Tensor) -> torch.Tensor:
         """float (N,C,H,W) RGB in [0, 1] -> the network's input; differentiable, on x's device
         and in its dtype (what image-synthesis methods optimise through)."""
-        x = x * self.value_range
+        return self._normalise(x * self.value_range)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB on the value range -> channel-ordered and normalised, on x's device and dtype."""
         if self.bgr:
             x = x.flip(1)
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
