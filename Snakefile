@@ -18,6 +18,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/filters.smk"
 include: "workflow/rules/units.smk"
+include: "workflow/rules/dissection.smk"
 include: "workflow/rules/summary.smk"
 
 

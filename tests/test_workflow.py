@@ -142,6 +142,33 @@ def test_smoke_run_measures_what_all_units_do(smoke):
         assert 0 < row["pixel_pixel_rmse"] < 0.5
 
 
+def test_smoke_run_dissects_on_the_offline_concept_probe(smoke):
+    wd, out, _ = smoke
+    for name in ("detectors", "tower_photos", "squeezenet"):
+        png = out / "figures" / "dissection" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    metrics = json.loads((out / "metrics" / "dissection.json").read_text())
+    assert metrics["probe"] == "standin" and set(metrics["rules"]) == {"top_label", "per_category"}
+    for name, layers in (("tower_photos", {"conv1", "conv5"}), ("squeezenet", {"fire9"})):
+        model = metrics["models"][name]
+        assert set(model["layers"]) == layers and "24 images" in model["probe"]
+        for layer in model["layers"].values():
+            assert set(layer) == {"trained", "random"}
+            for rule in ("top_label", "per_category"):
+                counts = layer["trained"][rule]
+                assert counts["unique"] == sum(counts["by_category"].values())
+        assert set(model["seconds"]["trained"]) >= {"decode", "forward", "quantile", "tally"}
+        rows = list(csv.DictReader((out / "tables" / "dissection" / f"{name}.csv").open()))
+        units = {"tower_photos": 16 + 32, "squeezenet": 512}[name]  # smoke widths
+        assert len(rows) == 2 * units and {r["weights"] for r in rows} == {"trained", "random"}
+    rows = list(csv.DictReader((out / "compare.tsv").open(), delimiter="\t"))
+    rows = {r["claim"]: r for r in rows if r["experiment"] == "dissection"}
+    verdicts = sorted(r["verdict"] for r in rows.values())
+    assert verdicts == ["fail", "n/a", "n/a", "pass"] or verdicts == ["n/a", "n/a", "pass", "pass"]
+    released = [r for r in rows.values() if "released" in r["claim"]]
+    assert all(r["verdict"] == "n/a" for r in released)
+
+
 def test_rerun_does_nothing_and_other_configs_get_their_own_folder(smoke):
     wd, out, shared = smoke
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -213,6 +240,7 @@ def test_paper_profile_plans_without_touching_the_network(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     plan = res.stdout + res.stderr
     assert "results/paper-" in plan and "models/alexnet.pt" in plan
-    for experiment in UNIT_FIGURES:
+    for experiment in [*UNIT_FIGURES, "dissection", "get_broden"]:
         assert f"rule {experiment}:" in plan
+    assert "downloads/broden1_224.zip" in plan  # AlexNet and VGG16 take 224-px images
     assert not (wd / "results").exists() and not (wd / "resources").exists()

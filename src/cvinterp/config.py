@@ -133,6 +133,13 @@ def _check_references(config: dict) -> None:
                     f"config key 'experiments.{name}.sizes.{m}': '{m}' must also be listed in "
                     f"'experiments.{name}.layers'"
                 )
+        for m, per_layer in (exp.get("references") or {}).items():
+            for layer in per_layer:
+                if layer not in exp.get("layers", {}).get(m, []):
+                    raise ConfigError(
+                        f"config key 'experiments.{name}.references.{m}.{layer}': model '{m}' "
+                        f"layer '{layer}' must also be listed in 'experiments.{name}.layers'"
+                    )
         for key in ("test_error_model",):
             if exp.get(key) and exp[key] not in exp.get("layers", {}):
                 raise ConfigError(

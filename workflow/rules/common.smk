@@ -4,6 +4,7 @@ from pathlib import Path
 
 from cvinterp.data.fetch import DOWNLOADS
 from cvinterp.data.images import FASHION_FILES
+from cvinterp.models import zoo
 from cvinterp.config import (
     check_version_folder,
     claim_version_folder,
@@ -195,6 +196,54 @@ def unit_settings(name):
     return exp
 
 
+# What units detect (issue 5): Network Dissection, workflow/rules/dissection.smk.
+def dissection_models():
+    return list(config["experiments"]["dissection"]["layers"])
+
+
+def concept_probe_dir():
+    cp = config["datasets"]["concept_probe"]
+    return (
+        f"{RESOURCES}/concept_probe/n{cp['images']}_s{cp['size']}_seed{config['seed']}"
+    )
+
+
+def dissection_probe_dirs():
+    """Model -> probe folder: the stand-in, or the Broden of the net's input size (227-px
+    nets such as CaffeNet and SqueezeNet get broden1_227, the rest broden1_224)."""
+    exp = config["experiments"]["dissection"]
+    out = {}
+    for m in dissection_models():
+        if exp["probe"] == "standin":
+            out[m] = concept_probe_dir()
+        else:
+            size = (
+                exp["sizes"].get(m) or zoo()[config["models"][m]["arch"]]["input_size"]
+            )
+            out[m] = f"{RESOURCES}/broden1_{227 if size == 227 else 224}"
+    return out
+
+
+def dissection_figures(report_them=True):
+    figs = {"detectors": f"{RESULTS}/figures/dissection/detectors.png"}
+    figs |= {m: f"{RESULTS}/figures/dissection/{m}.png" for m in dissection_models()}
+    if not report_them:
+        return figs
+    return {
+        key: report(
+            path,
+            caption="../report/dissection.rst",
+            category="dissection",
+            labels={"figure": "dissection", "model": key},
+        )
+        for key, path in figs.items()
+    }
+
+
+def dissection_tables():
+    return [f"{RESULTS}/tables/dissection/{m}.csv" for m in dissection_models()]
+
+
 def experiment_metrics():
     return {e: f"{RESULTS}/metrics/{e}.json" for e in EXPERIMENTS}
 
@@ -202,6 +251,12 @@ def experiment_metrics():
 def experiment_outputs(name):
     if name == "filters":
         return filters_outputs()
+    if name == "dissection":
+        return (
+            list(dissection_figures(report_them=False).values())
+            + dissection_tables()
+            + [f"{RESULTS}/metrics/dissection.json"]
+        )
     if name in UNIT_EXPERIMENTS:
         return list(unit_figures(name, report_them=False).values()) + [
             f"{RESULTS}/metrics/{name}.json"

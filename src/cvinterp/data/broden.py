@@ -58,7 +58,8 @@ class BrodenDataset(Dataset):
 
     Item: ``image`` (uint8 HWC RGB), ``masks`` {category: int32 (k, sh, sw)} for categories
     with mask files, ``image_labels`` {category: [label numbers]} for whole-image labels, plus
-    ``path`` and ``split``.  ``labels`` holds ``(number, name, primary_category)`` per label.
+    ``path``, ``split`` and ``mask_shape`` (sh, sw).  ``labels`` holds
+    ``(number, name, primary_category)`` per label.
     """
 
     def __init__(self, root: str | Path, split: str | None = None) -> None:
@@ -93,12 +94,18 @@ class BrodenDataset(Dataset):
         return masks, whole
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.item(index)
+
+    def item(self, index: int, image: bool = True) -> dict[str, Any]:
+        """The item; `image=False` leaves the image out (None), reading only the labels."""
         row = self.rows[index]
         path = self.root / "images" / row["image"]
         if not path.is_file():
             raise FileNotFoundError(f"Broden image missing: {path}. {_HINT}")
-        with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        pixels = None
+        if image:
+            with Image.open(path) as im:
+                pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
         mask_files, image_labels = self._parse(row)
         shape = (int(row["sh"]), int(row["sw"]))
         masks = {}
@@ -110,9 +117,10 @@ class BrodenDataset(Dataset):
                 )
             masks[cat] = stack
         return {
-            "image": image,
+            "image": pixels,
             "masks": masks,
             "image_labels": image_labels,
             "path": str(path),
             "split": row["split"],
+            "mask_shape": shape,
         }

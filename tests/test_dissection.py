@@ -1,0 +1,280 @@
+"""Network Dissection: quantile, IoU tally and both counting rules against direct computations."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvinterp.data.broden import BrodenDataset
+from cvinterp.methods import dissection as nd
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RELEASED = Path(__file__).resolve().parents[1] / "config" / "netdissect"
+
+
+def _concepts(categories: list[str], category_of: list[int]) -> nd.Concepts:
+    n = len(category_of)
+    return nd.Concepts(
+        list(range(1, n + 1)), [f"c{i}" for i in range(n)], categories,
+        np.array(category_of), {},
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- quantile
+
+
+def test_top_quantile_is_the_kth_largest_over_the_stream():
+    g = torch.Generator().manual_seed(0)
+    acts = torch.rand(50, 7, 5, 6, generator=g)
+    q = nd.TopQuantile(50, 0.01)
+    for chunk in acts.split(8):  # uneven batches
+        q.update(chunk)
+    k = math.ceil(0.01 * 50 * 5 * 6)
+    per_unit = acts.permute(1, 0, 2, 3).reshape(7, -1)
+    expected = per_unit.sort(1, descending=True).values[:, k - 1]
+    assert torch.equal(q.thresholds(), expected)
+    # the share of positions strictly above the threshold is below the quantile
+    above = (per_unit > expected[:, None]).float().mean(1)
+    assert (above < 0.01).all() and (above >= (k - 1) / per_unit.shape[1] - 1e-9).all()
+
+
+def test_top_quantile_rejects_a_bad_quantile():
+    with pytest.raises(ValueError, match="quantile"):
+        nd.TopQuantile(10, 1.5)
+
+
+# --------------------------------------------------------------------------- tally
+
+
+def _naive_iou(acts, thresholds, planes, carried, category, n_concepts):
+    """Per image, per unit, per concept: the paper's definition, unbatched."""
+    b, u = acts.shape[:2]
+    size = planes.shape[-2:]
+    inter = np.zeros((u, n_concepts), np.int64)
+    act_area = np.zeros((u, carried.shape[1]), np.int64)
+    truth = np.zeros(n_concepts, np.int64)
+    for i in range(b):
+        masks = {c: (planes[i] == c + 1).any(0).numpy() for c in range(n_concepts)}
+        for c in range(n_concepts):
+            truth[c] += masks[c].sum()
+        for k in range(u):
+            m = F.interpolate(acts[i : i + 1, k : k + 1], size=tuple(size), mode="bilinear",
+                              align_corners=False)[0, 0]  # fmt: skip
+            on = (m > thresholds[k]).numpy()
+            act_area[k] += on.sum() * carried[i].numpy()
+            for c in range(n_concepts):
+                inter[k, c] += (on & masks[c]).sum()
+    union = act_area[:, category] + truth - inter
+    return inter, np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def _random_case(seed=0, b=6, u=5, h=4, n_concepts=6, size=(9, 9)):
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.rand(b, u, h, h, generator=g) ** 3
+    planes = torch.randint(1, n_concepts + 1, (b, 3, *size), generator=g)
+    planes[torch.rand(planes.shape, generator=g) < 0.5] = 0  # plenty of unlabelled pixels
+    planes[:, 2] = planes[:, 2, :1, :1]  # a whole-image label plane
+    for i in (1, 2):  # a concept at most once per pixel, as Concepts.planes guarantees
+        planes[:, i][(planes[:, :i] == planes[:, i : i + 1]).any(1)] = 0
+    carried = torch.rand(b, 3, generator=g) > 0.3
+    thresholds = torch.quantile(acts.permute(1, 0, 2, 3).reshape(u, -1), 0.8, dim=1)
+    category = np.array([0, 0, 1, 1, 2, 2])[:n_concepts]
+    return acts, thresholds, planes, carried, category
+
+
+@pytest.mark.parametrize("chunk", [1 << 25, 81, 1])  # one chunk, several, one map at a time
+def test_tally_equals_the_unbatched_definition(chunk):
+    acts, thr, planes, carried, category = _random_case()
+    concepts = _concepts(["a", "b", "c"], list(category))
+    tally = nd.Tally(acts.shape[1], concepts, "cpu", chunk=chunk)
+    for s in (slice(0, 4), slice(4, 6)):
+        tally.update(acts[s], thr, planes[s], carried[s])
+    inter, iou = _naive_iou(acts, thr, planes, carried, category, len(category))
+    assert np.array_equal(tally.intersection.view(acts.shape[1], -1).numpy(), inter)
+    assert inter.sum() > 0
+    np.testing.assert_allclose(tally.iou().numpy(), iou, rtol=0, atol=1e-12)
+
+
+def test_tally_hand_computed_iou():
+    """One unit whose map equals the mask grid (no interpolation): active on the left half of
+    a 4x4 image; concept 0 covers the left three columns. I = 8, |M| = 8, |L| = 12, IoU = 8/12.
+    A second image lacks the category: its activation does not count."""
+    act = torch.zeros(2, 1, 4, 4)
+    act[:, 0, :, :2] = 1.0
+    planes = torch.zeros(2, 1, 4, 4, dtype=torch.int64)
+    planes[0, 0, :, :3] = 1
+    carried = torch.tensor([[True], [False]])
+    tally = nd.Tally(1, _concepts(["object"], [0]), "cpu")
+    tally.update(act, torch.tensor([0.5]), planes, carried)
+    assert tally.iou().item() == pytest.approx(8 / 12)
+
+
+def test_tally_skips_only_maps_that_cannot_pass():
+    """A map whose peak is at the threshold has no active pixel after upsampling; one just above
+    it has some: the peak shortcut is exact at the boundary."""
+    act = torch.zeros(1, 2, 3, 3)
+    act[0, 0, 1, 1] = 1.0  # peak == threshold: nothing active
+    act[0, 1, 1, 1] = 1.0 + 1e-3
+    planes = torch.ones(1, 1, 9, 9, dtype=torch.int64)
+    tally = nd.Tally(2, _concepts(["x"], [0]), "cpu")
+    tally.update(act, torch.tensor([1.0, 1.0]), planes, torch.tensor([[True]]))
+    inter = tally.intersection.view(2, 1)
+    assert inter[0, 0] == 0 and inter[1, 0] > 0
+
+
+def test_tally_equals_the_definition_on_flat_maps_at_the_threshold():
+    """Upsampling a flat map can round a few pixels above its value: maps whose peak sits on
+    the threshold must still be upsampled, as the unbatched definition does."""
+    g = torch.Generator().manual_seed(1)
+    thr = torch.tensor([3.573796033859253, 3.7296524047851562, 1.9888349771499634, 1.0, 2.5, 0.7])
+    acts = thr.view(1, -1, 1, 1).expand(2, 6, 13, 13).clone()  # every map flat at its T
+    planes = torch.randint(0, 3, (2, 1, 113, 113), generator=g)
+    carried = torch.ones(2, 1, dtype=torch.bool)
+    tally = nd.Tally(6, _concepts(["x"], [0, 0]), "cpu")
+    tally.update(acts, thr, planes, carried)
+    inter, _ = _naive_iou(acts, thr, planes, carried, np.array([0, 0]), 2)
+    assert np.array_equal(tally.intersection.view(6, 2).numpy(), inter)
+
+
+# --------------------------------------------------------------------------- counting rules
+
+
+def _labels(iou: np.ndarray, category: list[int], categories: list[str]):
+    concepts = _concepts(categories, category)
+    return nd.label_units(iou, concepts), concepts
+
+
+def test_both_counting_rules_on_a_hand_made_case():
+    # concepts: A, B (color), C (object); units: 0 -> A best, C passes in object;
+    # 1 -> A best; 2 -> C best, B passes in color
+    iou = np.array([[0.10, 0.00, 0.05], [0.08, 0.02, 0.03], [0.00, 0.05, 0.06], [0.01, 0, 0]])
+    labels, concepts = _labels(iou, [0, 0, 1], ["color", "object"])
+    counts = nd.count_detectors(labels, concepts, 0.04)
+    assert counts["top_label"] == {
+        "units": 3, "unique": 2, "by_category": {"color": 1, "object": 1}
+    }  # fmt: skip
+    assert counts["per_category"] == {
+        "units": 3, "unique": 3, "by_category": {"color": 2, "object": 1}
+    }  # fmt: skip
+    assert list(labels.best) == [0, 0, 2, 0]
+    assert labels.per_category[1].tolist() == [0, 2]
+
+
+def test_counting_rules_reproduce_the_released_caffenet_numbers():
+    """From the authors' per-unit file: 97 detector units, 50 unique top labels, 61 unique
+    detectors by the per-category rule (the paper's figure)."""
+    with open(RELEASED / "caffenet_imagenet_conv5.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cats = ["object", "color", "material", "scene", "texture", "part"]
+    names = sorted({r["label"] for r in rows} | {r[f"{c}-label"] for r in rows for c in cats})
+    category = {r["label"]: cats.index(r["category"]) for r in rows}
+    category |= {r[f"{c}-label"]: cats.index(c) for r in rows for c in cats}
+    concepts = nd.Concepts(list(range(len(names))), names, cats,
+                           np.array([category[n] for n in names]), {})  # fmt: skip
+    index = {n: i for i, n in enumerate(names)}
+    labels = nd.UnitLabels(
+        np.array([index[r["label"]] for r in rows]),
+        np.array([float(r["score"]) for r in rows]),
+        np.array([[index[r[f"{c}-label"]] for c in cats] for r in rows]),
+        np.array([[float(r[f"{c}-iou"]) for c in cats] for r in rows]),
+    )
+    counts = nd.count_detectors(labels, concepts, 0.04)
+    assert counts["top_label"]["units"] == 97
+    assert counts["top_label"]["unique"] == 50
+    assert counts["per_category"]["unique"] == 61
+
+
+# --------------------------------------------------------------------------- the Broden reader
+
+
+@pytest.fixture
+def broden_root(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_broden", FIXTURES / "make_broden.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_fixture(tmp_path / "broden", rng_seed=0)
+
+
+def test_concepts_score_labels_in_their_primary_category(broden_root):
+    ds = BrodenDataset(broden_root)
+    c = nd.Concepts.of(ds)
+    grass = c.names.index("grass")  # object(1);texture(3): scored as texture only
+    assert c.categories[c.category[grass]] == "texture"
+    planes, carried = c.planes(ds.item(1, image=False))
+    # img1: object mask left = grass (4), right = lamp (300); texture left = grass, right =
+    # striped; whole-image scenes street and kitchen
+    lamp, striped = c.names.index("lamp"), c.names.index("striped")
+    street, kitchen = c.names.index("street"), c.names.index("kitchen")
+    present = {int(v) - 1 for v in np.unique(planes) if v}
+    assert present == {c.names.index("red"), grass, lamp, striped, street, kitchen}
+    assert (planes == grass + 1).sum() == 32  # only the texture plane's left half, once
+    assert ((planes == street + 1).sum(axis=(1, 2)) == 64).sum() == 1  # a whole-image plane
+    assert carried.tolist() == [c.categories.index(k) in (0, 1, 2, 3) for k in c.categories]
+    _, carried2 = c.planes(ds.item(2, image=False))  # scene + texture labels only
+    assert [c.categories[i] for i in np.flatnonzero(carried2)] == ["scene", "texture"]
+
+
+class _TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 3, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.conv1(x)))
+
+
+def _pre(images):
+    return torch.as_tensor(np.array(images)).permute(0, 3, 1, 2).float() / 255
+
+
+def _naive_dissect(model, ds, concepts, size, path, quantile, batch):
+    """All activations held at once, then per image and unit: the reference for `dissect`.
+    (The net runs in batches of the same size, so that its float sums are the same.)"""
+    items = nd.ProbeItems(ds, concepts, size)
+    loaded = [items[i] for i in range(len(ds))]
+    planes = [torch.from_numpy(p) for _, p, _ in loaded]
+    carried = [torch.from_numpy(k) for _, _, k in loaded]
+    out = []
+    hook = dict(model.named_modules())[path].register_forward_hook(lambda m, a, o: out.append(o))
+    with torch.no_grad():
+        for s in range(0, len(ds), batch):
+            model(_pre(np.stack([im for im, _, _ in loaded[s : s + batch]])))
+    hook.remove()
+    acts = torch.cat(out)
+    n, u = acts.shape[:2]
+    flat = acts.permute(1, 0, 2, 3).reshape(u, -1)
+    k = math.ceil(quantile * flat.shape[1])
+    thr = flat.sort(1, descending=True).values[:, k - 1]
+    depth = max(len(p) for p in planes)
+    stacked = torch.zeros(n, depth, *planes[0].shape[1:], dtype=torch.int64)
+    for i, p in enumerate(planes):
+        stacked[i, : len(p)] = p
+    _, iou = _naive_iou(acts, thr, stacked, torch.stack(carried), concepts.category,
+                        len(concepts))  # fmt: skip
+    return thr.numpy(), iou
+
+
+@pytest.mark.parametrize("cache_mb", [1024, 0])  # activations kept between passes, or not
+def test_dissect_equals_the_naive_computation(broden_root, cache_mb):
+    torch.manual_seed(0)
+    model = _TinyNet().eval()
+    ds = BrodenDataset(broden_root)
+    concepts = nd.Concepts.of(ds)
+    res, seconds = nd.dissect(model, _pre, ["conv2"], ds, size=16, device="cpu",
+                              quantile=0.05, batch_size=3, workers=0, top_k=2,
+                              cache_mb=cache_mb)  # fmt: skip
+    thr, iou = _naive_dissect(model, ds, concepts, 16, "conv2", 0.05, batch=3)
+    np.testing.assert_array_equal(res["conv2"].thresholds, thr)
+    np.testing.assert_allclose(res["conv2"].iou, iou, rtol=0, atol=1e-12)
+    assert iou.max() > 0
+    assert set(seconds) >= {"decode", "forward", "quantile", "tally"}
+    assert res["conv2"].top_images.shape == (2, 3)
