@@ -110,9 +110,16 @@ class TopQuantile:
         if self.top is None:
             self.k = max(1, math.ceil(self.quantile * self.total_images * h * w))
             self.top = acts.new_empty(u, 0)
-        values = torch.cat([self.top, acts.permute(1, 0, 2, 3).reshape(u, -1)], 1)
-        keep = min(self.k, values.shape[1])
-        self.top = values.topk(keep, dim=1, sorted=False).values
+        values = acts.permute(1, 0, 2, 3).reshape(u, -1)
+        if self.top.shape[1] == self.k:
+            # only values above a unit's current K-th largest can change it: take the batch's
+            # top n first, n = the most such values any unit has (small once the stream runs)
+            n = int((values > self.top.min(1, keepdim=True).values).sum(1).max())
+            if n == 0:
+                return
+            values = values.topk(n, dim=1, sorted=False).values
+        values = torch.cat([self.top, values], 1)
+        self.top = values.topk(min(self.k, values.shape[1]), dim=1, sorted=False).values
 
     def thresholds(self) -> torch.Tensor:
         """(U,) thresholds; exact once `total_images` images have been seen."""
