@@ -52,7 +52,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torchvision
-from common import device_name, non_inplace_copy, timed, write_json
+from common import device_name, non_inplace_copy, resolve_device, timed, write_json
 from torch import nn
 
 from cvinterp.instrument import Instrument
@@ -233,11 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
 
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda, but CUDA is not available")
-    device = torch.device(args.device)
+    device = resolve_device(ap, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     d = QUICK if args.quick else DEFAULTS[device.type]

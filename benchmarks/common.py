@@ -25,6 +25,15 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def resolve_device(parser, name: str) -> torch.device:
+    """--device auto|cpu|cuda as a torch device; an unavailable CUDA is a usage error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but CUDA is not available")
+    return torch.device(name)
+
+
 def non_inplace_copy(model: nn.Module) -> nn.Module:
     """A deep copy with every nn.ReLU out of place (what hook-based libraries need)."""
     twin = copy.deepcopy(model)

@@ -45,7 +45,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import device_name, timed, write_json
+from common import device_name, resolve_device, timed, write_json
 
 from cvinterp.methods.dissection import QUANTILE, Concepts, Tally, TopQuantile
 
@@ -190,11 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
 
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda, but CUDA is not available")
-    device = torch.device(args.device)
+    device = resolve_device(ap, args.device)
     torch.set_num_threads(args.threads)
     n_all = max(args.images, args.loop_images)
     n_loop = args.loop_images

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torchvision
 from captum.attr import GuidedBackprop, Occlusion
-from common import device_name, non_inplace_copy, timed, write_json
+from common import device_name, non_inplace_copy, resolve_device, timed, write_json
 from torch import nn
 
 from cvinterp.methods.backward import project
@@ -191,11 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
 
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda, but CUDA is not available")
-    device = torch.device(args.device)
+    device = resolve_device(ap, args.device)
     d = DEFAULTS[device.type]
     archs = args.arch or d["archs"]
     batch = args.batch or d["batch"]

@@ -356,3 +356,25 @@ def test_dissection_and_probe_defaults_are_filled_in():
     cfg = load("config")
     del cfg["datasets"]["concept_probe"]
     assert resolve(cfg, SCHEMA)["datasets"]["concept_probe"] == {"images": 1000, "size": 224}
+
+
+def test_odd_probe_size_is_refused_by_the_schema():
+    cfg = load("config")
+    cfg["datasets"]["concept_probe"] = {"size": 33}
+    with pytest.raises(ConfigError, match=r"'datasets\.concept_probe\.size'"):
+        resolve(cfg, SCHEMA)
+
+
+def test_references_must_name_released_results():
+    from cvinterp.config import check_released_references
+
+    released = yaml.safe_load((ROOT / "config" / "netdissect" / "released.yaml").read_text())
+    paper = resolve(load("paper"), SCHEMA)
+    check_released_references(paper, released)  # the paper profile's references exist
+    paper["experiments"]["dissection"]["references"]["alexnet"]["conv5"]["random"] = "nope"
+    with pytest.raises(ConfigError, match=r"references\.alexnet\.conv5\.random'.*'nope'"):
+        check_released_references(paper, released)
+    ref = {"trained": "vgg16_imagenet_conv5_3", "same_weights": True}
+    paper["experiments"]["dissection"]["references"] = {"vgg16": {"conv5_3": ref}}
+    with pytest.raises(ConfigError, match="no per-unit labels"):
+        check_released_references(paper, released)

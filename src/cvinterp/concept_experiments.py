@@ -204,6 +204,13 @@ def dissection_experiment(
     write_json(metrics, result)
 
 
+def _weakest(values: dict[str, float], parts: list[str], what: str, missing: str) -> dict:
+    """A claim over several models: the weakest model decides."""
+    if not values:
+        return {"na": missing}
+    return {"value": min(values.values()), "ours": "; ".join(parts) + f" ({what})"}
+
+
 def _claims(per_model: dict, layers: dict[str, list[str]]) -> dict:
     trained_vs_random, rising, counts, agreement = {}, {}, {}, {}
     for name, out in per_model.items():
@@ -228,25 +235,21 @@ def _claims(per_model: dict, layers: dict[str, list[str]]) -> dict:
                 counts[f"{name} {layer}"] = (pc["ours"], pc["released"])
             if rel and "unit_label_agreement" in rel:
                 agreement[f"{name} {layer}"] = rel["unit_label_agreement"]
-    claims = {}
-    if trained_vs_random:
-        claims["trained_more_detectors"] = {
-            "value": min(t - r for t, r in trained_vs_random.values()),
-            "ours": "; ".join(f"{n} {layers[n][-1]}: {t} trained vs {r} random"
-                              for n, (t, r) in trained_vs_random.items())
-            + " (unique detectors, per-category rule)",
-        }  # fmt: skip
-    else:
-        claims["trained_more_detectors"] = {"na": "random_copies is off"}
-    if rising:
-        claims["high_level_rises_with_depth"] = {
-            "value": min(b - a for a, b in rising.values()),
-            "ours": "; ".join(f"{n} {layers[n][0]} {a:.2f} -> {layers[n][-1]} {b:.2f}"
-                              for n, (a, b) in rising.items())
-            + " (share of object/part/scene/material among unique detectors)",
-        }  # fmt: skip
-    else:
-        claims["high_level_rises_with_depth"] = {"na": "no model with two or more layers"}
+    claims = {
+        "trained_more_detectors": _weakest(
+            {n: t - r for n, (t, r) in trained_vs_random.items()},
+            [f"{n} {layers[n][-1]}: {t} trained vs {r} random"
+             for n, (t, r) in trained_vs_random.items()],
+            "unique detectors, per-category rule", "random_copies is off",
+        ),
+        "high_level_rises_with_depth": _weakest(
+            {n: b - a for n, (a, b) in rising.items()},
+            [f"{n} {layers[n][0]} {a:.2f} -> {layers[n][-1]} {b:.2f}"
+             for n, (a, b) in rising.items()],
+            "share of object/part/scene/material among unique detectors",
+            "no model with two or more layers",
+        ),
+    }  # fmt: skip
     if counts:
         ratios = {k: o / r for k, (o, r) in counts.items()}
         worst = max(ratios, key=lambda k: abs(np.log(max(ratios[k], 1e-9))))

@@ -167,6 +167,26 @@ def _check_references(config: dict) -> None:
                 )
 
 
+def check_released_references(config: Mapping[str, Any], released: Mapping[str, Any]) -> None:
+    """experiments.dissection.references must name entries of the released results
+    (config/netdissect/released.yaml); same_weights needs an entry with per-unit labels."""
+    exp = config.get("experiments", {}).get("dissection") or {}
+    for m, per_layer in (exp.get("references") or {}).items():
+        for layer, ref in per_layer.items():
+            key = f"experiments.dissection.references.{m}.{layer}"
+            for which in ("trained", "random"):
+                if ref.get(which) and ref[which] not in released:
+                    raise ConfigError(
+                        f"config key '{key}.{which}': '{ref[which]}' is not a released result "
+                        f"(known: {', '.join(sorted(released))})"
+                    )
+            if ref.get("same_weights") and not released[ref["trained"]].get("per_unit"):
+                raise ConfigError(
+                    f"config key '{key}.same_weights': the released result '{ref['trained']}' "
+                    "has no per-unit labels to compare unit by unit"
+                )
+
+
 # Keys that name or place a run but do not change what it computes.
 NOT_HASHED = ("version", "resources_dir")
 

@@ -1,11 +1,14 @@
 import datetime
 import re
+
+import yaml
 from pathlib import Path
 
 from cvinterp.data.fetch import DOWNLOADS
 from cvinterp.data.images import FASHION_FILES
 from cvinterp.models import zoo
 from cvinterp.config import (
+    check_released_references,
     check_version_folder,
     claim_version_folder,
     resolve,
@@ -24,6 +27,12 @@ _resolved = resolve(
 )
 config.clear()
 config.update(_resolved)
+check_released_references(
+    config,
+    yaml.safe_load(
+        (Path(workflow.basedir) / "config/netdissect/released.yaml").read_text()
+    ),
+)
 
 VERSION = version_of(config)
 RESULTS = f"results/{VERSION}"
