@@ -23,7 +23,10 @@ from cvinterp.models.mlp import MLP
 from cvinterp.models.two_tower import TwoTowerAlexNet
 from cvinterp.safepickle import load_array_pickle
 
-ARCHS = ("two_tower_alexnet", "all_cnn_c", "mlp", "squeezenet1_1", "alexnet", "vgg16", "resnet18")
+ARCHS = (
+    "two_tower_alexnet", "all_cnn_c", "mlp", "squeezenet1_1", "alexnet", "vgg16", "resnet18",
+    "resnet152",
+)  # fmt: skip
 
 
 class CheckpointError(RuntimeError):
@@ -116,7 +119,7 @@ def build(arch: str, num_classes: int = 1000, in_channels: int = 3, **arch_args)
         return AllCNNC(in_channels, num_classes, **arch_args)
     if arch == "mlp":
         return MLP(in_channels, num_classes, **arch_args)
-    if arch in ("squeezenet1_1", "alexnet", "vgg16", "resnet18"):
+    if arch in ("squeezenet1_1", "alexnet", "vgg16", "resnet18", "resnet152"):
         import torchvision
 
         if in_channels != 3:
