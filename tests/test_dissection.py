@@ -249,7 +249,7 @@ def _naive_dissect(model, ds, concepts, size, path, quantile, batch):
         for s in range(0, len(ds), batch):
             model(_pre(np.stack([im for im, _, _ in loaded[s : s + batch]])))
     hook.remove()
-    acts = torch.cat(out)
+    acts = torch.cat(out).clamp(min=0)  # conv2 has no ReLU of its own: dissect rectifies
     n, u = acts.shape[:2]
     flat = acts.permute(1, 0, 2, 3).reshape(u, -1)
     k = math.ceil(quantile * flat.shape[1])

@@ -50,7 +50,8 @@ def _unit_rows(layer: str, weights: str, res: nd.LayerDissection, concepts: nd.C
         }
         for j, cat in enumerate(concepts.categories):
             pc = lab.per_category[u, j]
-            row[f"{cat}-label"] = concepts.names[pc] if pc >= 0 else ""
+            scored = pc >= 0 and lab.per_category_iou[u, j] > 0
+            row[f"{cat}-label"] = concepts.names[pc] if scored else ""
             row[f"{cat}-iou"] = f"{lab.per_category_iou[u, j]:.5f}"
         yield row
 
@@ -200,7 +201,7 @@ def dissection_experiment(
         result["models"][name] = model_out
         del trained, nets
     _detectors_figure(bars, categories, figure_dir / "detectors.png", probe_kind)
-    result["claims"] = _claims(result["models"], layers)
+    result["claims"] = _claims(result["models"], layers, probe_kind)
     write_json(metrics, result)
 
 
@@ -211,7 +212,7 @@ def _weakest(values: dict[str, float], parts: list[str], what: str, missing: str
     return {"value": min(values.values()), "ours": "; ".join(parts) + f" ({what})"}
 
 
-def _claims(per_model: dict, layers: dict[str, list[str]]) -> dict:
+def _claims(per_model: dict, layers: dict[str, list[str]], probe_kind: str) -> dict:
     trained_vs_random, rising, counts, agreement = {}, {}, {}, {}
     for name, out in per_model.items():
         deepest = out["layers"][layers[name][-1]]
@@ -226,13 +227,14 @@ def _claims(per_model: dict, layers: dict[str, list[str]]) -> dict:
                 by_cat = out["layers"][layer]["trained"]["per_category"]["by_category"]
                 total = sum(by_cat.values())
                 high = sum(v for c, v in by_cat.items() if c in HIGH_LEVEL)
-                share.append(high / total if total else 0.0)
-            rising[name] = (share[0], share[1])
+                share.append(high / total if total else None)
+            if None not in share:  # a layer without detectors has no share
+                rising[name] = (share[0], share[1])
         for layer, entry in out["layers"].items():
             rel = entry.get("released")
             if rel and "per_category_unique" in rel:
                 pc = rel["per_category_unique"]
-                counts[f"{name} {layer}"] = (pc["ours"], pc["released"])
+                counts[f"{name} {layer} vs {rel['network']}"] = (pc["ours"], pc["released"])
             if rel and "unit_label_agreement" in rel:
                 agreement[f"{name} {layer}"] = rel["unit_label_agreement"]
     claims = {
@@ -247,7 +249,7 @@ def _claims(per_model: dict, layers: dict[str, list[str]]) -> dict:
             [f"{n} {layers[n][0]} {a:.2f} -> {layers[n][-1]} {b:.2f}"
              for n, (a, b) in rising.items()],
             "share of object/part/scene/material among unique detectors",
-            "no model with two or more layers",
+            "no model with two or more layers that both have detectors",
         ),
     }  # fmt: skip
     if counts:
@@ -255,13 +257,14 @@ def _claims(per_model: dict, layers: dict[str, list[str]]) -> dict:
         worst = max(ratios, key=lambda k: abs(np.log(max(ratios[k], 1e-9))))
         claims["released_unique_detectors"] = {
             "value": ratios[worst],
-            "ours": "; ".join(f"{k}: {o} vs released {r}" for k, (o, r) in counts.items())
+            "ours": "; ".join(f"{k}: {o} vs {r} released" for k, (o, r) in counts.items())
             + " (per-category rule; the ratio furthest from 1 decides)",
         }
     else:
         claims["released_unique_detectors"] = {
-            "na": "no dissected layer has a released reference (the offline profile dissects "
-            "on a stand-in probe, not Broden)"
+            "na": "the stand-in probe is not Broden: no released result applies"
+            if probe_kind == "standin"
+            else "no dissected layer names a released result (experiments.dissection.references)"
         }
     if agreement:
         claims["released_unit_labels"] = {

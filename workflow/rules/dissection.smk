@@ -86,8 +86,8 @@ if "dissection" in config["experiments"]:
             "../envs/cvinterp.yaml"
         threads: config["threads"]
         resources:
-            mem_mb=4000,
-            runtime=120,
+            mem_mb=16000 if config["profile"] == "paper" else 4000,
+            runtime=360 if config["profile"] == "paper" else 60,
             gpu=(
                 1
                 if config["device"] in ("auto", "cuda")

@@ -3,12 +3,16 @@
 For every unit k of a layer:
 
 1. its threshold T_k is the top `quantile` (0.005) of its activations over every spatial position
-   of every probe image (`TopQuantile`: an exact streaming top-K on the device);
+   of every probe image (`TopQuantile`: an exact streaming top-K on the device, where the
+   authors read an approximate quantile); activations are taken after the layer's ReLU, as
+   in the authors' Caffe nets (`rectify`; a no-op where the recorded module ends in a ReLU);
 2. its activation map on each image is upsampled bilinearly to the mask resolution and
    thresholded, M_k = S_k > T_k;
 3. for each concept c, IoU_{k,c} = sum |M_k & L_c| / sum |M_k | L_c|, the sums running over the
    images that carry a label of c's category (`Tally`: intersections and areas as batched
-   counts); each label is scored in its primary category only;
+   counts); each label is scored in its primary category only: its pixels in the masks of
+   another category (a Broden label listed under two) are not counted, and the activation
+   area runs over the images carrying the primary category;
 4. the unit detects its best concept when that IoU exceeds `iou_threshold` (0.04).
 
 "Unique detectors" are counted two ways (`count_detectors`), and every table says which:
@@ -308,6 +312,8 @@ class _Clock:
     def sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
 
     def start(self):
         import time
@@ -345,6 +351,7 @@ def dissect(
     top_k: int = 4,
     cache_mb: float = 1024,
     chunk: int = 1 << 25,
+    rectify: bool = True,
     progress: str = "",
 ) -> tuple[dict[str, LayerDissection], dict[str, float]]:
     """Dissect the modules `paths` of `model` on `ds`; images resized to `size`.
@@ -371,7 +378,7 @@ def dissect(
         # the instrument only around the model: the statistics run without its function mode
         with Instrument(model, paths, detach=True, stop_early=True) as ins:
             ins.forward(pre(images).to(device))
-            return {p: ins[p] for p in paths}
+            return {p: ins[p].clamp(min=0) if rectify else ins[p] for p in paths}
 
     clock.start()
     batches = _loader(ProbeItems(ds, concepts, size, masks=False), batch_size, workers)
@@ -423,12 +430,15 @@ def dissect(
     return results, clock.seconds
 
 
-def unit_maps(model, pre, path: str, images: np.ndarray, units, size, device) -> torch.Tensor:
-    """The maps of `units` of module `path` on `images`, upsampled bilinearly to `size`
-    (h, w): (N, len(units), h, w), for the figures."""
+def unit_maps(
+    model, pre, path: str, images: np.ndarray, units, size, device, rectify: bool = True
+) -> torch.Tensor:
+    """The maps of `units` of module `path` on `images` (after the ReLU when `rectify`),
+    upsampled bilinearly to `size` (h, w): (N, len(units), h, w), for the figures."""
     from cvinterp.instrument import Instrument
 
     with torch.no_grad(), Instrument(model, [path], detach=True, stop_early=True) as ins:
         ins.forward(pre(images).to(device))
         acts = ins[path][:, list(units)]
+    acts = acts.clamp(min=0) if rectify else acts
     return F.interpolate(acts, size=tuple(size), mode="bilinear", align_corners=False).cpu()
