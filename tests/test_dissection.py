@@ -278,3 +278,21 @@ def test_dissect_equals_the_naive_computation(broden_root, cache_mb):
     assert iou.max() > 0
     assert set(seconds) >= {"decode", "forward", "quantile", "tally"}
     assert res["conv2"].top_images.shape == (2, 3)
+
+
+def test_dissect_reads_maps_after_the_relu(broden_root):
+    """A conv module's output is dissected as if its ReLU had run (the authors' Caffe blobs are
+    rectified in place): the same as recording the ReLU itself, and not the raw output."""
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("conv", nn.Conv2d(3, 4, 4, stride=4))  # 16 px -> 4x4 maps, 8x8 masks
+    model.add_module("relu", nn.ReLU())
+    with torch.no_grad():
+        model.conv.bias.fill_(-0.3)  # plenty of negative values next to positive ones
+    ds = BrodenDataset(broden_root)
+    kw = dict(size=16, device="cpu", quantile=0.2, batch_size=2, workers=0)
+    conv, _ = nd.dissect(model, _pre, ["conv"], ds, **kw)
+    relu, _ = nd.dissect(model, _pre, ["relu"], ds, rectify=False, **kw)
+    raw, _ = nd.dissect(model, _pre, ["conv"], ds, rectify=False, **kw)
+    np.testing.assert_array_equal(conv["conv"].iou, relu["relu"].iou)
+    assert not np.array_equal(raw["conv"].iou, conv["conv"].iou)

@@ -3,12 +3,15 @@
 Broden (Bau et al. 2017) cannot be had offline, so the default profile dissects on images
 composed from real material that ships in packages, with pixel labels known by construction:
 
-- scene (whole-image label): the bundled photo the background is cropped from (`<photo>-s`);
+- scene (whole-image label): which of the 12 bundled photos the background is cropped from
+  (`<photo>-s`; photo identity, some of them micrographs, not scene categories);
 - texture and material (pixel masks): a random region filled with one of GIMP's 58 texture
   tiles (Debian gimp-data); the texture is the tile (`<tile>-t`), the material its GIMP folder
-  (wood, stone, fabric, ...; the synthetic "Legacy" tiles carry no material);
-- object (pixel masks): one or two Fashion-MNIST items (real photographs of clothing), tinted
-  and pasted onto the background; the mask is the item's silhouette;
+  (wood, stone, fabric, ...; the synthetic "Legacy" tiles carry no material), so material is a
+  grouping of textures over the same region;
+- object (pixel masks): one or two Fashion-MNIST items (28x28 grey product photos of
+  clothing, upscaled 3-8x and given a random colour tint) pasted onto the background; the mask
+  is the item's silhouette;
 - colour (pixel masks): every pixel of the finished image named by the nearest of eleven focal
   colours in CIELAB (Broden's colour terms; a nearest-prototype naming, not Broden's learned
   colour model).
