@@ -10,8 +10,8 @@ composed from real material that ships in packages, with pixel labels known by c
   (wood, stone, fabric, ...; the synthetic "Legacy" tiles carry no material), so material is a
   grouping of textures over the same region;
 - object (pixel masks): one or two Fashion-MNIST items (28x28 grey product photos of
-  clothing, upscaled 3-8x and given a random colour tint) pasted onto the background; the mask
-  is the item's silhouette;
+  clothing, upscaled to 30-60% of the image side, colour-tinted) pasted onto the background;
+  the mask is the item's silhouette;
 - colour (pixel masks): every pixel of the finished image named by the nearest of eleven focal
   colours in CIELAB (Broden's colour terms; a nearest-prototype naming, not Broden's learned
   colour model).
