@@ -310,7 +310,8 @@ def _detectors_figure(bars: dict, categories: list[str], path: Path, probe_kind:
         ax.set_title(rule_text + "; number above a bar: detector units", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    axes[1].set_xticks(x, [f"{n}\n{la}\n{w}" for n, la, w in columns], fontsize=6)
+    axes[1].set_xticks(x, [f"{n} {la} ({w})" for n, la, w in columns], fontsize=6,
+                       rotation=60, ha="right")  # fmt: skip
     fig.suptitle(f"Network Dissection on the {probe_kind} probe (IoU > threshold)", fontsize=9)
     fig.tight_layout()
     figures.save(fig, path)
@@ -348,8 +349,10 @@ def _top_units_figure(
         maps = nd.unit_maps(model, pre, path, images, [u], (size, size), dev)[:, 0].numpy()
         for c, (i, img, m) in enumerate(zip(idx, images, maps, strict=True)):
             ax = axes[r, c]
-            lit = (m > res.thresholds[u])[..., None]
-            ax.imshow(figures.as_rgb(img) * np.where(lit, 1.0, 0.3))
+            lit = m > res.thresholds[u]
+            ax.imshow(figures.as_rgb(img) * np.where(lit[..., None], 1.0, 0.3))
+            if lit.any():
+                ax.contour(lit.astype(float), levels=[0.5], colors="red", linewidths=0.8)
             mask = _concept_mask(ds, concepts, i, int(lab.best[u]))
             if mask is not None and mask.any():
                 ys = np.linspace(0, size - 1, shape[0])
@@ -362,6 +365,7 @@ def _top_units_figure(
             f"unit {u + 1}: {concepts.names[lab.best[u]]} ({cat}), IoU {lab.best_iou[u]:.3f}",
             fontsize=7, loc="left",
         )  # fmt: skip
-    fig.suptitle(f"{title}: top units (lit: unit above its threshold; yellow: concept mask)",
+    fig.suptitle(f"{title}: top units (lit, red outline: unit above its threshold; yellow: "
+                 "concept mask)",
                  fontsize=8)  # fmt: skip
     figures.save(fig, out)
