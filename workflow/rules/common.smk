@@ -120,6 +120,8 @@ UNIT_EXPERIMENTS = [
         "embedding",
         "inversion_dip",
         "inversion_learned",
+        # how units matter (issue 6): cvinterp.importance_experiments
+        "ablation",
     )
     if e in config["experiments"]
 ]
@@ -170,6 +172,9 @@ def unit_figures(name, report_them=True):
             for m in unit_models(name)
             for part in ("", "_thumbnails", "_units")
         ]
+    elif name == "ablation":
+        layers = config["experiments"]["ablation"]["layers"]
+        keys = [f"{m}_{layer}" for m, ls in layers.items() for layer in ls]
     else:
         keys = unit_models(name)
     figs = {k: f"{RESULTS}/figures/{name}/{k}.png" for k in keys}

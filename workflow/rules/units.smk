@@ -1,6 +1,7 @@
 # What one unit does: activations, top_images, deconvnet, guided_backprop, backprop, occlusion
 # (cvinterp.unit_experiments); what all units do: actmax, embedding, inversion_dip,
-# inversion_learned (cvinterp.all_unit_experiments). One rule per experiment in the config;
+# inversion_learned (cvinterp.all_unit_experiments); how units matter: ablation
+# (cvinterp.importance_experiments). One rule per experiment in the config;
 # each calls <module>.<name>_experiment.
 
 

@@ -1,12 +1,13 @@
 from pathlib import Path
 
-from cvinterp import all_unit_experiments, unit_experiments
+from cvinterp import all_unit_experiments, importance_experiments, unit_experiments
 from cvinterp.logs import logged
 
 config = snakemake.config
 with logged(snakemake.log[0]):
     step = f"{snakemake.rule}_experiment"
-    run = getattr(unit_experiments, step, None) or getattr(all_unit_experiments, step)
+    modules = (unit_experiments, all_unit_experiments, importance_experiments)
+    run = next(getattr(mod, step) for mod in modules if hasattr(mod, step))
     models = {
         m: {"checkpoint": ckpt, "spec": config["models"][m]}
         for m, ckpt in zip(snakemake.params.models, snakemake.input.checkpoints, strict=True)

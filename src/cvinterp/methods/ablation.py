@@ -1,0 +1,241 @@
+"""Unit ablation (Zhou, Sun, Bau & Torralba 2018): how single units matter for each class.
+
+Zeroing a unit and re-running the evaluation set costs, done naively, one full forward pass per
+unit. `Ablation` does it once:
+
+- `split_at` cuts the model's traced graph (torch.fx) at the ablated layer into the part below,
+  which runs once over the data and whose output is cached (on the device when it fits, else in
+  host memory, streamed back chunk by chunk), and the part above, which is re-run;
+- the part above runs for many units at once, as one batch: copy g of a chunk zeroes unit g;
+- ReLUs (and dropout, in eval mode) right after the layer move below the cut: zeroing a unit
+  commutes with them, since relu(0) = 0; the cached features are then the rectified ones, the
+  activations whose class means give the selectivity index;
+- when the next layer is a convolution or a linear layer, its output is computed once and each
+  ablation subtracts only the ablated unit's contribution (one grouped convolution for all units
+  of a batch), instead of recomputing the layer.
+
+`Ablation.correct(keep)` returns the number of correctly classified images per class for each
+keep-mask (units zeroed where False): single units, or the cumulative curves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+
+class AblationError(RuntimeError):
+    """The model cannot be cut at this layer (e.g. a skip connection crosses the cut)."""
+
+
+class _Tracer(fx.Tracer):
+    """Keeps the ablated module (and torch's own modules) as single graph nodes."""
+
+    def __init__(self, leaf: str):
+        super().__init__()
+        self.leaf = leaf
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname == self.leaf or super().is_leaf_module(m, qualname)
+
+
+_RELU_FUNCTIONS = {F.relu, torch.relu}
+
+
+def _transparent(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A node that maps a zero channel to a zero channel, elementwise: ReLU, eval dropout."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        return isinstance(m, nn.ReLU) or (isinstance(m, nn.Dropout) and not m.training)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _subgraph(root: nn.Module, nodes: list[fx.Node], inputs: list[fx.Node], output: fx.Node,
+              path: str) -> fx.GraphModule:  # fmt: skip
+    graph = fx.Graph()
+    env = {n: graph.placeholder(n.name if n.op != "placeholder" else "x") for n in inputs}
+
+    def arg(n: fx.Node) -> fx.Node:
+        if n not in env:
+            raise AblationError(
+                f"the part of the model above {path!r} reads {n.name!r}, computed below it "
+                "(a skip connection across the cut): ablate a layer no branch crosses"
+            )
+        return env[n]
+
+    for n in nodes:
+        env[n] = graph.node_copy(n, arg)
+    graph.output(env[output])
+    return fx.GraphModule(root, graph)
+
+
+@dataclass
+class Split:
+    lower: fx.GraphModule  # input -> features (the ablated layer's output, rectified)
+    first: nn.Module | None  # the conv / linear layer right above, when there is one
+    upper: fx.GraphModule  # first's output (or the features) -> the model's output
+
+
+def split_at(model: nn.Module, path: str) -> Split:
+    """Cut `model` after module `path` (and the ReLUs / eval dropouts right after it)."""
+    tracer = _Tracer(path)
+    graph = tracer.trace(model)
+    modules = dict(model.named_modules())
+    nodes = list(graph.nodes)
+    cuts = [n for n in nodes if n.op == "call_module" and n.target == path]
+    if len(cuts) != 1:
+        raise AblationError(f"module {path!r} runs {len(cuts)} times in the traced model, not once")
+    cut = cuts[0]
+    while len(cut.users) == 1 and _transparent(next(iter(cut.users)), modules):
+        cut = next(iter(cut.users))
+    at = nodes.index(cut)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise AblationError("the model must take one input")
+    (output,) = [n for n in nodes if n.op == "output"]
+    lower = _subgraph(tracer.root, nodes[1 : at + 1], placeholders, cut, path)
+    above = [n for n in nodes[at + 1 :] if n.op != "output"]
+    first = None
+    if above and len(cut.users) == 1 and above[0] in cut.users and above[0].op == "call_module":
+        m = modules[above[0].target]
+        conv = isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
+        if (conv or isinstance(m, nn.Linear)) and above[0].args == (cut,):
+            first = m
+    start = above[0] if first is not None else cut
+    rest = above[1:] if first is not None else above
+    upper = _subgraph(tracer.root, rest, [start], output.args[0], path)
+    return Split(lower, first, upper)
+
+
+def _contribution(first: nn.Module, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """(g, n, ...) what each of the g units adds to `first`'s output on the n inputs `x`."""
+    xs = x[:, units]
+    if isinstance(first, nn.Linear):  # x (n, C): unit u adds x[:, u] * W[:, u]
+        return xs.T[:, :, None] * first.weight[:, units].T[:, None, :]
+    # a convolution is a matrix product over unfolded patches: unit u's share is its weight
+    # slice times its own patch rows (one batched product for all g units)
+    n, g = xs.shape[:2]
+    kh, kw = first.kernel_size
+    cols = F.unfold(xs, (kh, kw), first.dilation, first.padding, first.stride)  # (n, g*k, L)
+    cols = cols.view(n, g, kh * kw, -1)
+    w = first.weight[:, units].flatten(2)  # (O, g, k)
+    out = torch.einsum("ogk,ngkl->gnol", w, cols)
+    h = (x.shape[2] + 2 * first.padding[0] - first.dilation[0] * (kh - 1) - 1) // first.stride[0]
+    wd = (x.shape[3] + 2 * first.padding[1] - first.dilation[1] * (kw - 1) - 1) // first.stride[1]
+    return out.reshape(g, n, -1, h + 1, wd + 1)
+
+
+class Ablation:
+    """The evaluation set's features at the cut, cached once; the part above re-run per edit."""
+
+    def __init__(self, model: nn.Module, path: str, device, *, linear_update: bool = True):
+        model.eval()
+        self.split = split_at(model, path)
+        self.device = torch.device(device)
+        self.linear_update = linear_update and self.split.first is not None
+        self.chunks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (features, labels)
+        self.classes = 0
+
+    @torch.no_grad()
+    def cache(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], cache_mb: float,
+              n_images: int, progress=None) -> None:  # fmt: skip
+        """Run the part below once over (input, label) batches; keep its output on the device
+        if all of it fits in `cache_mb`, else in host memory."""
+        host = None
+        for x, y in batches:
+            f = self.split.lower(x.to(self.device))
+            if host is None:
+                host = f[0].numel() * f.element_size() * n_images > cache_mb * 2**20
+            self.chunks.append((f.cpu() if host else f, y.to(self.device)))
+            self.classes = max(self.classes, int(y.max()) + 1)
+            if progress is not None:
+                progress.update(len(x))
+        self.on_host = bool(host)
+
+    @property
+    def units(self) -> int:
+        return self.chunks[0][0].shape[1]
+
+    def _features(self):
+        for f, y in self.chunks:
+            yield f.to(self.device, non_blocking=True), y
+
+    @torch.no_grad()
+    def class_means(self) -> torch.Tensor:
+        """(classes, units) mean activation (over positions and images) of each class."""
+        sums = torch.zeros(self.classes, self.units, dtype=torch.float64, device=self.device)
+        counts = torch.zeros(self.classes, dtype=torch.float64, device=self.device)
+        for f, y in self._features():
+            per_image = f.flatten(2).mean(2) if f.dim() > 2 else f
+            sums.index_add_(0, y, per_image.double())
+            counts += torch.bincount(y, minlength=self.classes).double()
+        return sums / counts.clamp(min=1)[:, None]
+
+    def _count(self, logits: torch.Tensor, y: torch.Tensor, g: int) -> torch.Tensor:
+        """(g, classes) correct predictions of g edits of one chunk."""
+        right = logits.argmax(1).view(g, -1) == y.view(1, -1)
+        index = torch.arange(g, device=y.device)[:, None] * self.classes + y.view(1, -1)
+        return torch.bincount(index[right], minlength=g * self.classes).view(g, self.classes)
+
+    @torch.no_grad()
+    def correct(self, keep: torch.Tensor, group: int = 16) -> torch.Tensor:
+        """keep (E, units) bool, False = zeroed -> (E, classes) correctly classified images."""
+        keep = keep.to(self.device)
+        out = torch.zeros(len(keep), self.classes, dtype=torch.int64, device=self.device)
+        for f, y in self._features():
+            base = self.split.first(f) if self.split.first is not None else None
+            for e0 in range(0, len(keep), group):
+                k = keep[e0 : e0 + group]
+                g = len(k)
+                single = (~k).sum(1) == 1
+                if self.linear_update and bool(single.all()):
+                    units = (~k).float().argmax(1)
+                    y_edit = base[None] - _contribution(self.split.first, f, units)
+                    logits = self.split.upper(y_edit.flatten(0, 1))
+                else:
+                    shape = (g, 1, k.shape[1]) + (1,) * (f.dim() - 2)
+                    edited = (f[None] * k.view(shape).to(f.dtype)).flatten(0, 1)
+                    if self.split.first is not None:
+                        edited = self.split.first(edited)
+                    logits = self.split.upper(edited)
+                out[e0 : e0 + g] += self._count(logits, y, g)
+        return out
+
+    def class_totals(self) -> torch.Tensor:
+        totals = torch.zeros(self.classes, dtype=torch.int64, device=self.device)
+        for _, y in self.chunks:
+            totals += torch.bincount(y, minlength=self.classes)
+        return totals
+
+
+def single_units(units: int) -> torch.Tensor:
+    """Keep-masks that zero one unit each: (units, units), False on the diagonal."""
+    return ~torch.eye(units, dtype=torch.bool)
+
+
+def cumulative(order: Iterable[int], units: int, steps: Iterable[int]) -> torch.Tensor:
+    """Keep-masks that zero the first k units of `order`, for each k in `steps`."""
+    order, steps = list(order), list(steps)
+    keep = torch.ones(len(steps), units, dtype=torch.bool)
+    for i, k in enumerate(steps):
+        keep[i, order[:k]] = False
+    return keep
+
+
+def selectivity(class_means: torch.Tensor) -> np.ndarray:
+    """Class selectivity per unit: (mu_max - mu_-max) / (mu_max + mu_-max), mu_-max the mean
+    over the other classes of the class-mean activation (Morcos et al. 2018; Zhou et al. 2018);
+    0 for a unit that never fires."""
+    m = class_means.double()
+    top = m.max(0).values
+    rest = (m.sum(0) - top) / max(m.shape[0] - 1, 1)
+    den = top + rest
+    sel = torch.where(den > 0, (top - rest) / den.clamp(min=1e-30), torch.zeros_like(den))
+    return sel.cpu().numpy()
