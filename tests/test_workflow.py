@@ -96,6 +96,8 @@ UNIT_FIGURES = {
     "embedding": ["allcnn_fmnist", "allcnn_fmnist_thumbnails", "allcnn_fmnist_units"],
     "inversion_dip": ["tower_fmnist", "squeezenet"],
     "inversion_learned": ["tower_fmnist"],
+    # how units matter
+    "ablation": ["allcnn_fmnist_conv8", "tower_fmnist_conv5"],
 }
 
 
@@ -169,6 +171,22 @@ def test_smoke_run_dissects_on_the_offline_concept_probe(smoke):
     assert "stand-in" in " ".join(r["reason"] for r in released)
     measured = [r for r in rows.values() if r not in released]  # tiny nets: either verdict
     assert all(r["verdict"] in ("pass", "fail") and r["ours"] for r in measured)
+
+
+def test_smoke_run_ablates_every_unit(smoke):
+    wd, out, _ = smoke
+    metrics = json.loads((out / "metrics" / "ablation.json").read_text())
+    conv8 = metrics["models"]["allcnn_fmnist"]["layers"]["conv8"]
+    units = 24  # All-CNN-C conv8 at the smoke width 0.125
+    assert conv8["units"] == units and conv8["images"] == 256 and conv8["linear_update"]
+    for key in ("overall_drop", "max_class_drop", "max_class", "selectivity"):
+        assert len(conv8[key]) == units
+    assert all(0 <= s <= 1 for s in conv8["selectivity"])
+    cum = conv8["cumulative"]
+    assert cum["removed"][0] == 0 and cum["removed"][-1] == units
+    assert cum["by_importance"][0] == conv8["base_accuracy"]
+    tower = metrics["models"]["tower_fmnist"]["layers"]["conv5"]
+    assert not tower["linear_update"]  # a max-pool follows conv5
 
 
 def test_rerun_does_nothing_and_other_configs_get_their_own_folder(smoke):

@@ -153,47 +153,52 @@ def ablation_experiment(
 
 
 def _claims(per_model: dict) -> dict:
-    rows = {f"{n} {la}": r["summary"] for n, o in per_model.items()
-            for la, r in o["layers"].items()}  # fmt: skip
+    rows = {
+        f"{n} {la}": r["summary"] for n, o in per_model.items() for la, r in o["layers"].items()
+    }
+    ids = ("single_unit_overall_drop_small", "class_drop_much_larger",
+           "selectivity_predicts_class_drop")  # fmt: skip
     if not rows:
-        return {k: {"na": "no layer ablated"} for k in
-                ("single_unit_overall_drop_small", "class_drop_much_larger",
-                 "selectivity_predicts_class_drop")}  # fmt: skip
+        return {k: {"na": "no layer ablated"} for k in ids}
     pct = {k: 100 * s["mean_overall_drop"] for k, s in rows.items()}
     # against the mean size of the overall change (a unit's removal can also raise accuracy),
     # at least one image's worth
-    ratio = {k: s["mean_max_class_drop"] / max(s["mean_abs_overall_drop"], 1 / s["images"])
-             for k, s in rows.items()}  # fmt: skip
-    gap = {k: s["spearman_selectivity_class"] - s["spearman_selectivity_overall"]
-           for k, s in rows.items()}  # fmt: skip
-    return {
-        "single_unit_overall_drop_small": {
+    ratio = {
+        k: s["mean_max_class_drop"] / max(s["mean_abs_overall_drop"], 1 / s["images"])
+        for k, s in rows.items()
+    }
+    gap = {
+        k: s["spearman_selectivity_class"] - s["spearman_selectivity_overall"]
+        for k, s in rows.items()
+    }
+    claims = {
+        ids[0]: {
             "value": max(pct.values()),
             "ours": "; ".join(
                 f"{k}: mean {v:.2f} pts, max {100 * rows[k]['max_overall_drop']:.2f}"
                 for k, v in pct.items()
             ),
-        },  # fmt: skip
-        "class_drop_much_larger": {
+        },
+        ids[1]: {
             "value": min(ratio.values()),
             "ours": "; ".join(
-                f"{k}: mean max-class drop {100 * rows[k]['mean_max_class_drop']:.2f}"
-                f" pts = {v:.1f}x the mean |overall change|"
+                f"{k}: mean max-class drop {100 * rows[k]['mean_max_class_drop']:.2f} pts = "
+                f"{v:.1f}x the mean |overall change|"
                 for k, v in ratio.items()
             ),
-        },  # fmt: skip
-        "selectivity_predicts_class_drop": {
-            "value": min(gap.values())
-            if not any(np.isnan(v) for v in gap.values())
-            else float("nan"),
+        },
+        ids[2]: {
+            "value": min(gap.values()),
             "ours": "; ".join(
-                f"{k}: rho(sel, class drop) "
-                f"{rows[k]['spearman_selectivity_class']:+.2f} vs rho(sel, overall) "
-                f"{rows[k]['spearman_selectivity_overall']:+.2f}"
+                f"{k}: rho(sel, class drop) {rows[k]['spearman_selectivity_class']:+.2f} vs "
+                f"rho(sel, overall) {rows[k]['spearman_selectivity_overall']:+.2f}"
                 for k in rows
             ),
-        },  # fmt: skip
+        },
     }
+    if any(np.isnan(v) for v in gap.values()):
+        claims[ids[2]] = {"na": "a layer's selectivities or drops are all equal: no rank order"}
+    return claims
 
 
 def _figure(r: dict, classes: list[str], title: str, path: str) -> None:
