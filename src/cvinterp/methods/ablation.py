@@ -105,7 +105,8 @@ def split_at(model: nn.Module, path: str) -> Split:
     first = None
     if above and len(cut.users) == 1 and above[0] in cut.users and above[0].op == "call_module":
         m = modules[above[0].target]
-        conv = isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
+        conv = (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
+                and not isinstance(m.padding, str))  # fmt: skip
         if (conv or isinstance(m, nn.Linear)) and above[0].args == (cut,):
             first = m
     start = above[0] if first is not None else cut
@@ -136,19 +137,23 @@ class Ablation:
     """The evaluation set's features at the cut, cached once; the part above re-run per edit."""
 
     def __init__(self, model: nn.Module, path: str, device, *, linear_update: bool = True):
-        model.eval()
+        model.eval()  # the split is traced in eval mode (dropout is the identity)
         self.split = split_at(model, path)
         self.device = torch.device(device)
-        self.linear_update = linear_update and self.split.first is not None
+        # cuDNN's TF32 convolutions would compute the layer once at lower precision than the
+        # subtracted contributions, and can flip a prediction: recompute the layer instead
+        tf32 = self.device.type == "cuda" and torch.backends.cudnn.allow_tf32
+        self.linear_update = linear_update and self.split.first is not None and not tf32
         self.chunks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (features, labels)
         self.classes = 0
+        self.on_host = False
 
     @torch.no_grad()
     def cache(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], cache_mb: float,
               n_images: int, progress=None) -> None:  # fmt: skip
         """Run the part below once over (input, label) batches; keep its output on the device
         if all of it fits in `cache_mb`, else in host memory."""
-        host = None
+        host, self.chunks = None, []
         for x, y in batches:
             f = self.split.lower(x.to(self.device))
             if host is None:
@@ -190,7 +195,7 @@ class Ablation:
         keep = keep.to(self.device)
         out = torch.zeros(len(keep), self.classes, dtype=torch.int64, device=self.device)
         for f, y in self._features():
-            base = self.split.first(f) if self.split.first is not None else None
+            base = self.split.first(f) if self.linear_update else None
             for e0 in range(0, len(keep), group):
                 k = keep[e0 : e0 + group]
                 g = len(k)
