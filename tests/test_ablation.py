@@ -462,3 +462,16 @@ def test_claims_without_layers_are_not_available():
                            "selectivity_predicts_class_drop"}  # fmt: skip
     assert all("na" in c and "value" not in c for c in claims.values())
     assert _claims({"m": {"layers": {}}}) == claims
+
+
+def test_an_imagenet_net_without_a_validation_folder_is_a_clear_error():
+    from types import SimpleNamespace
+
+    from cvinterp.data.images import DataError
+    from cvinterp.importance_experiments import _labelled
+    from cvinterp.unit_experiments import Probe
+
+    net = SimpleNamespace(imagenet=True, name="alexnet", size=224)
+    probe = Probe(datasets={"imagenet_val": {"dir": None}})
+    with pytest.raises(DataError, match=r"alexnet needs labelled ImageNet.*imagenet_val\.dir"):
+        _labelled(net, probe, None)
