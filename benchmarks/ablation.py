@@ -68,7 +68,7 @@ import argparse
 import sys
 
 import torch
-from common import device_name, resolve_device, timed, write_json
+from common import device_name, print_table, resolve_device, timed, write_json
 
 from cvinterp.instrument import Instrument
 from cvinterp.methods.ablation import Ablation, single_units
@@ -321,12 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{tt / units:.4f}", f"{t_naive_all / tt:.1f}"))  # fmt: skip
     if nolin is None:
         rows.append(("engine, no linear update", "", "", "", "", "", "same code"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
-                        for j, (c, w) in enumerate(zip(row, widths, strict=True))))  # fmt: skip
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows, left=1)
     print(
         f"naive/engine without the cache pass: {t_naive_all / eng['correct']:.1f}x; linear "
         f"update {'applies' if lin_applies else 'does not apply (no conv/linear right above)'}"

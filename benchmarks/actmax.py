@@ -52,7 +52,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torchvision
-from common import device_name, non_inplace_copy, resolve_device, timed, write_json
+from common import device_name, non_inplace_copy, print_table, resolve_device, timed, write_json
 from torch import nn
 
 from cvinterp.instrument import Instrument
@@ -287,12 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{r['seconds_per_step_per_unit'][name]:.4f}",
                          f"{r['ratio_over_ours_batched'][name]:.2f}",
                          f"{r['final_activation_mean'][name]:.4g}"))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print("  ".join(c.ljust(w) if j < 3 else c.rjust(w)
-                        for j, (c, w) in enumerate(zip(row, widths, strict=True))))  # fmt: skip
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows, left=3)
     print("x batched: time over ours batched (loop/batched, lucent/batched); final act.: mean "
           "over units of the centre activation at the end (start "
           + ", ".join(f"{a} {r['start_activation_mean']:.3g}" for a, r in result["archs"].items())

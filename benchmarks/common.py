@@ -61,3 +61,14 @@ def write_json(result: dict, path: str) -> None:
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {path}")
+
+
+def print_table(rows: list[tuple[str, ...]], left: int = 1) -> None:
+    """Print rows (the first is the header) as aligned columns: the first `left` columns
+    left-aligned, the rest right-aligned, a rule under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(c.ljust(w) if j < left else c.rjust(w)
+                        for j, (c, w) in enumerate(zip(row, widths, strict=True))))  # fmt: skip
+        if i == 0:
+            print("  ".join("-" * w for w in widths))

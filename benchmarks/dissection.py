@@ -45,7 +45,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import device_name, resolve_device, timed, write_json
+from common import device_name, print_table, resolve_device, timed, write_json
 
 from cvinterp.methods.dissection import QUANTILE, Concepts, Tally, TopQuantile
 
@@ -301,12 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows.append(("loop", str(n_loop), f"{t_loop:.4f}", f"{n_loop / t_loop:.1f}",
                  f"{t_loop / t_batched:.1f}"))  # fmt: skip
     rows.append(("Tally batched", str(n_all), f"{t_all:.4f}", f"{n_all / t_all:.0f}", ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
-                        for j, (c, w) in enumerate(zip(row, widths, strict=True))))  # fmt: skip
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows, left=1)
     word = {key: "equal" if same else "DIFFER" for key, same in equal.items()}
     print(
         f"agreement on {n_loop} images: intersection {word['intersection']}, activation "

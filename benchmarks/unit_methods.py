@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torchvision
 from captum.attr import GuidedBackprop, Occlusion
-from common import device_name, non_inplace_copy, resolve_device, timed, write_json
+from common import device_name, non_inplace_copy, print_table, resolve_device, timed, write_json
 from torch import nn
 
 from cvinterp.methods.backward import project
@@ -251,12 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "windows/s", f"{oc['ours_windows_per_s']:.1f}",
                      f"{oc['captum_windows_per_s']:.1f}", f"{oc['ratio_ours_over_captum']:.2f}",
                      agree))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print("  ".join(c.ljust(w) if j < 3 else c.rjust(w)
-                        for j, (c, w) in enumerate(zip(row, widths, strict=True))))  # fmt: skip
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows, left=3)
     print(f"occlusion: one image, batch {occ_batch} positions per forward pass")
 
     if args.out:

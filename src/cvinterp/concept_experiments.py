@@ -345,7 +345,6 @@ def _top_units_figure(
     for r, u in enumerate(chosen):
         idx = [int(i) for i in res.top_images[:, u]]
         images = np.stack([items.image(i) for i in idx])
-        shape = ds.item(idx[0], image=False)["mask_shape"]
         maps = nd.unit_maps(model, pre, path, images, [u], (size, size), dev)[:, 0].numpy()
         for c, (i, img, m) in enumerate(zip(idx, images, maps, strict=True)):
             ax = axes[r, c]
@@ -355,8 +354,8 @@ def _top_units_figure(
                 ax.contour(lit.astype(float), levels=[0.5], colors="red", linewidths=0.8)
             mask = _concept_mask(ds, concepts, i, int(lab.best[u]))
             if mask is not None and mask.any():
-                ys = np.linspace(0, size - 1, shape[0])
-                xs = np.linspace(0, size - 1, shape[1])
+                ys = np.linspace(0, size - 1, mask.shape[0])
+                xs = np.linspace(0, size - 1, mask.shape[1])
                 ax.contour(xs, ys, mask.astype(float), levels=[0.5], colors="yellow",
                            linewidths=0.8)  # fmt: skip
             ax.axis("off")

@@ -67,11 +67,9 @@ def ablate_layer(m, path: str, data, n: int, *, batch_size: int, group: int, ste
     units = engine.units
     totals = engine.class_totals().double()
     base = engine.correct(torch.ones(1, units, dtype=torch.bool))[0].double()
-    per_unit = []
-    for u0 in tqdm(range(0, units, group * 4), desc=f"{m.name} {path}: ablate", mininterval=5):
-        keep = ab.single_units(units)[u0 : u0 + group * 4]
-        per_unit.append(engine.correct(keep, group=group).double())
-    correct = torch.cat(per_unit)  # (units, classes)
+    bar = tqdm(total=n, desc=f"{m.name} {path}: ablate {units} units", mininterval=5)
+    correct = engine.correct(ab.single_units(units), group=group, progress=bar).double()
+    bar.close()  # correct: (units, classes)
     seen = totals > 0
     base_class = base[seen] / totals[seen]
     class_acc = correct[:, seen] / totals[seen]

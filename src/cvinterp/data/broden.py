@@ -96,12 +96,17 @@ class BrodenDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.item(index)
 
+    def image_path(self, index: int) -> Path:
+        """The image file of an item (checked to exist)."""
+        path = self.root / "images" / self.rows[index]["image"]
+        if not path.is_file():
+            raise FileNotFoundError(f"Broden image missing: {path}. {_HINT}")
+        return path
+
     def item(self, index: int, image: bool = True) -> dict[str, Any]:
         """The item; `image=False` leaves the image out (None), reading only the labels."""
         row = self.rows[index]
-        path = self.root / "images" / row["image"]
-        if not path.is_file():
-            raise FileNotFoundError(f"Broden image missing: {path}. {_HINT}")
+        path = self.image_path(index)
         pixels = None
         if image:
             with Image.open(path) as im:

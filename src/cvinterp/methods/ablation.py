@@ -190,8 +190,9 @@ class Ablation:
         return torch.bincount(index[right], minlength=g * self.classes).view(g, self.classes)
 
     @torch.no_grad()
-    def correct(self, keep: torch.Tensor, group: int = 16) -> torch.Tensor:
-        """keep (E, units) bool, False = zeroed -> (E, classes) correctly classified images."""
+    def correct(self, keep: torch.Tensor, group: int = 16, progress=None) -> torch.Tensor:
+        """keep (E, units) bool, False = zeroed -> (E, classes) correctly classified images;
+        `progress` (a tqdm bar) advances by each chunk's images."""
         keep = keep.to(self.device)
         out = torch.zeros(len(keep), self.classes, dtype=torch.int64, device=self.device)
         for f, y in self._features():
@@ -211,6 +212,8 @@ class Ablation:
                         edited = self.split.first(edited)
                     logits = self.split.upper(edited)
                 out[e0 : e0 + g] += self._count(logits, y, g)
+            if progress is not None:
+                progress.update(len(y))
         return out
 
     def class_totals(self) -> torch.Tensor:

@@ -27,6 +27,7 @@ For every unit k of a layer:
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -265,7 +266,7 @@ class ProbeItems(torch.utils.data.Dataset):
     def image(self, index: int) -> np.ndarray:
         from PIL import Image
 
-        with Image.open(self.ds.root / "images" / self.ds.rows[index]["image"]) as im:
+        with Image.open(self.ds.image_path(index)) as im:
             im = im.convert("RGB")
             if im.size != (self.size, self.size):
                 im = im.resize((self.size, self.size), Image.BILINEAR)
@@ -316,14 +317,10 @@ class _Clock:
             torch.mps.synchronize()
 
     def start(self):
-        import time
-
         self.sync()
         self._last = time.perf_counter()
 
     def lap(self, stage: str):
-        import time
-
         self.sync()
         now = time.perf_counter()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
