@@ -19,6 +19,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/filters.smk"
 include: "workflow/rules/units.smk"
 include: "workflow/rules/dissection.smk"
+include: "workflow/rules/language.smk"
 include: "workflow/rules/summary.smk"
 
 

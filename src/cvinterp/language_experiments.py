@@ -1,0 +1,449 @@
+"""How an LSTM language model uses context: the workflow steps (Khandelwal et al. 2018).
+
+`language_model` trains a word-level AWD-LSTM-style model on a corpus (the offline prose, PTB
+or WikiText-2) into a checkpoint and its perplexities. `lm_context_experiment` scores the same
+targets of a held-out split under every context condition of `cvinterp.methods.context`,
+writes one figure per model in the style of the paper's (increase in loss against context size
+or boundary, one curve per condition) and the claims for compare.tsv.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cvinterp import figures
+from cvinterp.data import DataError, load_corpus
+from cvinterp.methods import context as khandelwal
+from cvinterp.models import CheckpointError
+from cvinterp.models.awd_lstm import load_lm, save_lm
+from cvinterp.pipeline import write_json
+from cvinterp.runtime import pick_device, seed_everything
+
+#: Target groups with their own curves.
+GROUPS = ("frequent", "rare", "function", "content")
+#: The papers' perplexities (AWD-LSTM, Merity et al. 2018, test) by corpus.
+AWD_LSTM_TEST_PERPLEXITY = {"ptb": 57.3, "wikitext2": 65.8}
+
+
+def corpus_of(spec: dict, folder: str | None, austen_dir: str | None):
+    """The corpus a language model of the config is trained and evaluated on."""
+    return load_corpus(
+        spec["corpus"], folder=folder, austen_dir=austen_dir, vocab_size=spec["vocab_size"]
+    )
+
+
+def language_model(
+    name: str,
+    spec: dict,
+    *,
+    corpus_dir: str | None,
+    austen_dir: str | None,
+    seed: int,
+    device: str,
+    threads: int,
+    checkpoint: str,
+    metrics: str,
+    partial: str,
+) -> None:
+    """Train one language model of the config into a checkpoint and its metrics."""
+    from cvinterp.train_lm import train_language_model
+
+    seed_everything(seed, threads)
+    dev = pick_device(device)
+    corpus = corpus_of(spec, corpus_dir, austen_dir)
+    print(
+        f"{name}: {spec['corpus']} corpus, {len(corpus.vocab)} words, train/valid/test "
+        f"{len(corpus.train)}/{len(corpus.valid)}/{len(corpus.test)} tokens"
+    )
+    model, result = train_language_model(
+        corpus, arch_args=spec["arch_args"], **spec["train"], seed=seed, device=dev,
+        resume_path=partial,
+    )  # fmt: skip
+    meta = {"name": name, "corpus": spec["corpus"], "seed": seed}
+    save_lm(checkpoint, model, corpus.vocab, meta)
+    Path(partial).unlink(missing_ok=True)  # done: a later forced rerun trains afresh
+    write_json(
+        metrics,
+        {"model": name, "corpus": spec["corpus"], "device": str(dev), "threads": threads} | result,
+    )
+
+
+def _group_masks(corpus, targets: np.ndarray, frequent: int, rare: int, vocab) -> dict:
+    function, content = khandelwal.word_classes(vocab)
+    count = corpus.counts[targets]
+    return {
+        "frequent": count > frequent,
+        "rare": count < rare,
+        "function": function[targets],
+        "content": content[targets],
+    }
+
+
+def _mean_se(x: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error (0 for fewer than two values)."""
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+    return float(x.mean()), se
+
+
+def context_of_model(
+    name: str,
+    checkpoint: str,
+    spec: dict,
+    *,
+    corpus_dir: str | None,
+    austen_dir: str | None,
+    split: str,
+    targets: int,
+    sizes: list[int],
+    boundaries: list[int],
+    perturb_context: int,
+    span: int,
+    perturbations: list[str],
+    frequent_count: int,
+    rare_count: int,
+    tolerance: float,
+    batch_size: int,
+    seed: int,
+    dev: torch.device,
+) -> dict:
+    """Every context condition of one model on the same targets of `split`."""
+    model, vocab, _ = load_lm(checkpoint, dev)
+    corpus = corpus_of(spec, corpus_dir, austen_dir)
+    if list(corpus.vocab) != list(vocab):
+        raise CheckpointError(
+            f"{checkpoint} was trained on another vocabulary than the {spec['corpus']} corpus "
+            f"now gives: rerun its training (snakemake --forcerun language_model)"
+        )
+    ids = getattr(corpus, split)
+    history = max(max(sizes), perturb_context)
+    try:
+        pos_np = khandelwal.sample_targets(len(ids), targets, history, seed)
+    except ValueError as err:
+        raise DataError(f"{name}, {split} split: {err}") from err
+    stream = torch.as_tensor(np.asarray(ids), dtype=torch.int64, device=dev)
+    positions = torch.as_tensor(pos_np, device=dev)
+    groups = _group_masks(corpus, np.asarray(ids)[pos_np], frequent_count, rare_count, vocab)
+    scorer = khandelwal.Scorer(model, stream, batch_size)
+    t0, scored, tokens = time.perf_counter(), 0, 0
+    full = khandelwal.full_context_loss(model, stream, positions).cpu().numpy()
+    full_mean = float(full.mean())
+
+    restricted = []
+    for k in tqdm(sizes, desc=f"{name}: context restriction", mininterval=5):
+        restricted.append(khandelwal.restricted_loss(scorer, positions, k).cpu().numpy())
+        scored, tokens = scored + len(pos_np), tokens + len(pos_np) * k
+    restricted = np.stack(restricted)  # (sizes, targets)
+    increase = restricted - full[None]
+
+    index = khandelwal.windows(positions, perturb_context)
+    base = scorer.at(index, positions).cpu().numpy()
+    scored, tokens = scored + len(pos_np), tokens + len(pos_np) * perturb_context
+    word_masks = [torch.as_tensor(m) for m in khandelwal.word_classes(vocab)]
+    gen = torch.Generator().manual_seed(seed)
+    perturbed = {}
+    steps = [(kind, b) for kind in perturbations for b in boundaries]
+    for kind, b in tqdm(steps, desc=f"{name}: perturbations", mininterval=5):
+        ctx, lengths = khandelwal.perturb(
+            kind, index, stream, b, generator=gen, span=span,
+            function=word_masks[0], content=word_masks[1],
+        )  # fmt: skip
+        loss = scorer.nll(ctx, stream[positions], lengths).cpu().numpy()
+        perturbed.setdefault(kind, []).append(loss - base)
+        scored += len(pos_np)
+        tokens += int(lengths.sum()) if lengths is not None else len(pos_np) * perturb_context
+    seconds = time.perf_counter() - t0
+
+    def curve(rows: np.ndarray, mask: np.ndarray | None = None) -> tuple[list, list]:
+        stats = [_mean_se(r if mask is None else r[mask]) for r in rows]
+        return [m for m, _ in stats], [s for _, s in stats]
+
+    inc, inc_se = curve(increase)
+    result = {
+        "corpus": spec["corpus"],
+        "split": split,
+        "targets": len(pos_np),
+        "history_per_target": history,
+        "full_context_loss": full_mean,
+        "full_context_perplexity": math.exp(full_mean),
+        "restriction": {
+            "sizes": list(sizes),
+            "loss": restricted.mean(1).tolist(),
+            "increase": inc,
+            "increase_se": inc_se,
+            "relative_increase": [d / full_mean for d in inc],
+        },
+        "effective_context": {
+            "all": khandelwal.effective_context(
+                sizes, restricted.mean(1).tolist(), full_mean, tolerance
+            )
+        },
+        "groups": {},
+        "perturbation": {
+            "context": perturb_context,
+            "span": span,
+            "boundaries": list(boundaries),
+            "base_loss": float(base.mean()),
+            "increase": {},
+            "increase_se": {},
+        },
+        "order_insensitive_beyond": {},
+        "speed": {
+            "device": str(dev),
+            "batch_size": batch_size,
+            "targets_scored": scored,
+            "context_tokens": tokens,
+            "seconds": round(seconds, 2),
+            "targets_per_second": round(scored / seconds, 1),
+            "context_tokens_per_second": round(tokens / seconds),
+        },
+    }
+    for kind, rows in perturbed.items():
+        m, s = curve(np.stack(rows))
+        result["perturbation"]["increase"][kind] = m
+        result["perturbation"]["increase_se"][kind] = s
+        result["order_insensitive_beyond"][kind] = khandelwal.insensitive_boundary(
+            boundaries, m, full_mean, tolerance
+        )
+    for g, mask in groups.items():
+        if not mask.any():
+            result["groups"][g] = {"n": 0}
+            result["effective_context"][g] = None
+            continue
+        g_full = float(full[mask].mean())
+        m, s = curve(increase, mask)
+        result["groups"][g] = {
+            "n": int(mask.sum()),
+            "full_context_loss": g_full,
+            "increase": m,
+            "increase_se": s,
+            "perturbation_increase": {
+                kind: curve(np.stack(rows), mask)[0] for kind, rows in perturbed.items()
+            },
+        }
+        result["effective_context"][g] = khandelwal.effective_context(
+            sizes, restricted[:, mask].mean(1).tolist(), g_full, tolerance
+        )
+    return result
+
+
+# --------------------------------------------------------------------------- figure
+def plot_context(name: str, r: dict, tolerance: float, path: str | Path) -> None:
+    """Four panels: restriction overall and by target type; word order; dropped/replaced words."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    full = r["full_context_loss"]
+    rs = r["restriction"]
+    eff = r["effective_context"]
+
+    def band(ax, x, m, s, label, style="-"):
+        m, s = np.asarray(m), np.asarray(s)
+        (line,) = ax.plot(x, m, style, marker="o", ms=3, label=label)
+        ax.fill_between(x, m - 1.96 * s, m + 1.96 * s, color=line.get_color(), alpha=0.15)
+
+    def finish(ax, title, xlabel, ref):
+        ax.axhline(0, color="k", lw=0.6)
+        ax.axhline(tolerance * ref, color="grey", ls="--", lw=0.8, label=f"{tolerance:.0%} of loss")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("increase in loss (nats)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+
+    ax = axes[0, 0]
+    band(ax, rs["sizes"], rs["increase"], rs["increase_se"], f"all targets (n={r['targets']})")
+    if eff["all"] is not None:
+        ax.axvline(eff["all"], color="C3", ls=":", label=f"effective context {eff['all']}")
+    finish(ax, "context restriction: last k tokens vs the full context", "context size k", full)
+
+    ax = axes[0, 1]
+    for g, style in zip(GROUPS, ("-", "--", "-", "--"), strict=True):
+        gr = r["groups"][g]
+        if gr["n"]:
+            label = f"{g} targets (n={gr['n']}, effective {eff[g]})"
+            band(ax, rs["sizes"], gr["increase"], gr["increase_se"], label, style)
+    finish(ax, "context restriction by target type", "context size k", full)
+
+    pt = r["perturbation"]
+    for ax, kinds, title in (
+        (axes[1, 0], ("shuffle_local", "reverse_local", "shuffle_global", "reverse_global"),
+         f"word order beyond the boundary ({pt['span']}-token spans or all)"),
+        (axes[1, 1], ("drop_function", "drop_content", "replace"),
+         "words beyond the boundary dropped or replaced"),
+    ):  # fmt: skip
+        for kind in kinds:
+            if kind in pt["increase"]:
+                band(ax, pt["boundaries"], pt["increase"][kind], pt["increase_se"][kind], kind)
+        finish(ax, title, f"boundary (tokens kept intact, of {pt['context']})", full)
+    fig.suptitle(
+        f"{name} ({r['corpus']}, {r['split']} split, {r['targets']} targets, full-context "
+        f"perplexity {r['full_context_perplexity']:.1f}) — after Khandelwal et al. 2018",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    figures.save(fig, path)
+
+
+# --------------------------------------------------------------------------- claims
+def _decided(per_model: dict, unreached: float):
+    """{model: value}, with a None (never within the tolerance) counted as `unreached`."""
+    return {m: (unreached if v is None else float(v)) for m, v in per_model.items()}
+
+
+def _farthest(values: dict, centre: float) -> str:
+    """The model whose value is farthest from `centre` (by ratio): it decides the claim."""
+    return max(values, key=lambda m: abs(math.log(max(values[m], 1e-9) / centre)))
+
+
+def context_claims(
+    results: dict, sizes: list, boundaries: list, model_metrics: dict, tolerance: float
+) -> dict:
+    claims = {}
+    big_k, big_b = 2 * max(sizes), 2 * max(boundaries)
+
+    def show(v, cap, unit="tokens"):
+        return f"not within {cap // 2} {unit}" if v >= cap else f"{v:g} {unit}"
+
+    eff = _decided({m: r["effective_context"]["all"] for m, r in results.items()}, big_k)
+    m = _farthest(eff, 200)
+    claims["effective_context"] = {
+        "value": eff[m],
+        "ours": "; ".join(f"{n}: {show(v, big_k)}" for n, v in eff.items())
+        + (f" ({m} decides)" if len(eff) > 1 else ""),
+    }
+    order = {
+        n: big_b if r["order_insensitive_beyond"].get("shuffle_global") is None
+        else r["order_insensitive_beyond"]["shuffle_global"]
+        for n, r in results.items()
+        if "shuffle_global" in r["order_insensitive_beyond"]
+    }  # fmt: skip
+    if order:
+        m = _farthest(order, 35)
+        claims["order_matters_only_nearby"] = {
+            "value": float(order[m]),
+            "ours": "; ".join(
+                f"{n}: shuffling all but the nearest tokens of a "
+                f"{results[n]['perturbation']['context']}-token window changes the loss by "
+                + (
+                    f"more than {tolerance:.0%} still at boundary {big_b // 2}"
+                    if v >= big_b
+                    else f"at most {tolerance:.0%} from boundary {v:g} on"
+                )
+                for n, v in order.items()
+            ),
+        }
+    else:
+        claims["order_matters_only_nearby"] = {
+            "na": "shuffle_global is not among the perturbations"
+        }
+    ratios, texts = {}, []
+    for n, r in results.items():
+        e = r["effective_context"]
+        if r["groups"]["content"]["n"] and r["groups"]["function"]["n"]:
+            c = big_k if e["content"] is None else e["content"]
+            f = big_k if e["function"] is None else e["function"]
+            ratios[n] = c / f
+            texts.append(
+                f"{n}: content targets {show(c, big_k)} (n={r['groups']['content']['n']}) vs "
+                f"function targets {show(f, big_k)} (n={r['groups']['function']['n']})"
+            )
+    if ratios:
+        m = min(ratios, key=ratios.get)
+        claims["content_needs_more_context"] = {
+            "value": ratios[m],
+            "ours": "; ".join(texts) + f"; ratio {ratios[m]:.2f}",
+        }
+    else:
+        claims["content_needs_more_context"] = {"na": "no content or no function-word targets"}
+    for corpus, claim in (("ptb", "ptb_test_perplexity"), ("wikitext2", "wt2_test_perplexity")):
+        trained = {n: mm for n, mm in model_metrics.items() if mm["corpus"] == corpus}
+        if not trained:
+            claims[claim] = {
+                "na": f"no language model trained on {corpus} in this profile (the offline "
+                "prose corpus is not comparable)"
+            }
+            continue
+        n, mm = min(trained.items(), key=lambda kv: kv[1]["test_perplexity"])
+        claims[claim] = {
+            "value": mm["test_perplexity"],
+            "ours": f"{n}: test perplexity {mm['test_perplexity']:.1f}, validation "
+            f"{mm['valid_perplexity']:.1f}, after {len(mm['history'])} epochs",
+        }
+    return claims
+
+
+def lm_context_experiment(
+    models: dict,
+    *,
+    split: str,
+    targets: int,
+    sizes: list[int],
+    boundaries: list[int],
+    perturb_context: int,
+    span: int,
+    perturbations: list[str],
+    frequent_count: int,
+    rare_count: int,
+    tolerance: float,
+    batch_size: int,
+    seed: int,
+    device: str,
+    threads: int,
+    figure_dir: str,
+    metrics: str,
+) -> None:
+    """Khandelwal et al. 2018 for every language model of the experiment.
+
+    `models` maps a name to {"checkpoint", "spec", "metrics" (its training metrics),
+    "corpus_dir", "austen_dir"}.
+    """
+    seed_everything(seed, threads)
+    dev = pick_device(device)
+    sizes, boundaries = sorted(set(sizes)), sorted(set(boundaries))
+    results, trained = {}, {}
+    for name, m in models.items():
+        results[name] = context_of_model(
+            name, m["checkpoint"], m["spec"], corpus_dir=m["corpus_dir"],
+            austen_dir=m["austen_dir"], split=split, targets=targets, sizes=sizes,
+            boundaries=boundaries, perturb_context=perturb_context, span=span,
+            perturbations=perturbations, frequent_count=frequent_count,
+            rare_count=rare_count, tolerance=tolerance, batch_size=batch_size, seed=seed,
+            dev=dev,
+        )  # fmt: skip
+        trained[name] = json.loads(Path(m["metrics"]).read_text())
+        plot_context(name, results[name], tolerance, Path(figure_dir) / f"{name}.png")
+        r = results[name]
+        print(
+            f"{name}: full-context loss {r['full_context_loss']:.3f}, effective context "
+            f"{r['effective_context']}, {r['speed']['targets_per_second']:.0f} targets/s"
+        )
+    write_json(
+        metrics,
+        {
+            "models": results,
+            "trained": {
+                n: {k: v for k, v in t.items() if k != "history"} for n, t in trained.items()
+            },
+            "settings": {
+                "split": split,
+                "targets": targets,
+                "sizes": sizes,
+                "boundaries": boundaries,
+                "perturb_context": perturb_context,
+                "span": span,
+                "tolerance": tolerance,
+                "frequent_count": frequent_count,
+                "rare_count": rare_count,
+            },  # fmt: skip
+            "claims": context_claims(results, sizes, boundaries, trained, tolerance),
+        },
+    )
