@@ -327,6 +327,15 @@ def test_word_classes():
     ]
 
 
+def test_function_words_are_closed_class_only():
+    # a generic stop-word list would take these nouns and verbs as function words
+    vocab = ["bill", "interest", "system", "fire", "find", "give", "made", "part", "name"]
+    vocab += ["of", "which", "would", "themselves", "nor", "upon"]
+    function, content = word_classes(vocab)
+    assert content.tolist() == [True] * 9 + [False] * 6
+    assert function.tolist() == [False] * 9 + [True] * 6
+
+
 def test_the_clitic_nt_is_neither_function_nor_content():
     function, content = word_classes(["n't", "'s", "'ll", "do"])
     assert function.tolist() == [False, False, False, True]

@@ -123,6 +123,22 @@ def test_download_offline_gives_one_clear_message(tmp_path, monkeypatch):
         download("ptb.train.txt", tmp_path)
 
 
+def test_download_from_a_dead_address_says_so(tmp_path, monkeypatch):
+    import pooch
+    import requests
+
+    from cvinterp.data.fetch import download
+
+    def forbidden(url, **kwargs):
+        response = requests.Response()
+        response.status_code = 403
+        raise requests.exceptions.HTTPError("403 Forbidden", response=response)
+
+    monkeypatch.setattr(pooch, "retrieve", forbidden)
+    with pytest.raises(DataError, match=r"answered 403 \(the address may have moved\).*wikitext"):
+        download("wikitext-2-v1.zip", tmp_path)
+
+
 def test_file_hash(tmp_path):
     p = tmp_path / "x"
     p.write_bytes(b"abc")

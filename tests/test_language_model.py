@@ -55,8 +55,9 @@ ADAM = dict(
     test_batch_size=2, tokens_per_epoch=None, checkpoint_seconds=1e9, seed=0, device=CPU,
     progress=False,
 )  # fmt: skip
-# Plain SGD at a learning rate this high overshoots in epoch 2, so NT-ASGD switches to ASGD.
-NT_ASGD = {**ADAM, "optimizer": "nt_asgd", "lr": 30.0, "epochs": 4}
+# Plain SGD at this learning rate stalls by epoch 8 (validation worse than the best of the epochs
+# before the last one), so NT-ASGD switches to ASGD for epochs 9 and 10.
+NT_ASGD = {**ADAM, "optimizer": "nt_asgd", "lr": 30.0, "epochs": 10}
 
 RESULT_METRICS = (
     "valid_perplexity", "valid_loss", "test_perplexity", "test_loss", "train_tokens_per_epoch",
@@ -556,11 +557,15 @@ def test_tokens_per_epoch_limits_each_epoch_but_every_stream_is_read(monkeypatch
     data = batchify(CYCLE.train, 4, CPU)
     epochs = spy.epochs()
     assert len(epochs) == 2
-    for windows in epochs:
+    end = 102 // 4
+    for e, windows in enumerate(epochs):
         read = torch.cat(windows, 1)
-        assert 102 // 4 - 1 <= read.shape[1] <= 102 // 4
-        assert torch.equal(read, data[:, : read.shape[1]])  # stream r starts at chunk r
-        assert [int(t) for t in read[:, 0]] == [int(CYCLE.train[r * 400]) for r in range(4)]
+        assert end - 1 <= read.shape[1] <= end
+        start = e * end  # each epoch continues where the previous one's window stopped
+        assert torch.equal(read, data[:, start : start + read.shape[1]])
+        assert [int(t) for t in read[:, 0]] == [
+            int(CYCLE.train[r * 400 + start]) for r in range(4)
+        ]  # stream r is the r-th chunk
 
 
 # --------------------------------------------------------------------------- resuming
@@ -597,7 +602,7 @@ def test_killed_after_the_epoch_end_save(tmp_path, adam_full, monkeypatch):
     with monkeypatch.context() as mp:
         Spy(mp, kill_at=n1 + 1)
         with pytest.raises(Killed):
-            run(resume_path=path)
+            run(resume_path=path, checkpoint_seconds=0)  # a save is due at every chance
     state = saved(path)
     assert (state["epoch"], state["pos"], state["steps"]) == (1, 0, n1)
     assert_same_run(run(resume_path=path), adam_full)
@@ -661,3 +666,42 @@ def test_truncated_resume_state_is_ignored_not_fatal(tmp_path, adam_full, capsys
     got = run(resume_path=path)
     assert "unreadable" in capsys.readouterr().out
     assert_same_run(got, adam_full, train_loss=True)
+
+
+def awd_switch_epoch(losses: list[float], nonmono: int) -> int | None:
+    """AWD-LSTM's rule, as its main.py applies it: after epoch i's validation, switch when more
+    than `nonmono` earlier epochs exist and the loss is worse than the best of them, less the
+    last `nonmono`."""
+    for i, loss in enumerate(losses):
+        earlier = losses[:i]
+        if len(earlier) > nonmono and loss > min(earlier[:-nonmono]):
+            return i
+    return None
+
+
+@pytest.mark.parametrize(
+    ("losses", "nonmono"),
+    [
+        ([5.0, 4.0, 4.5, 4.6, 3.0, 2.0], 1),  # 4.5 > min([5.0]) -> no; 4.6 > min(5, 4) -> no
+        ([5.0, 4.0, 4.5, 4.6, 4.7, 2.0], 2),
+        ([5.0, 5.1, 5.2, 5.3, 5.4, 5.5], 1),
+        ([5.0, 4.0, 3.0, 2.0, 1.0, 0.5], 1),
+    ],
+)
+def test_nt_asgd_switches_when_awd_lstm_does(monkeypatch, losses, nonmono):
+    scripted = iter(losses)
+
+    def fake_evaluate(model, ids, batch_size, bptt, device):
+        loss = next(scripted, 1.0)
+        return {"loss": loss, "perplexity": math.exp(loss), "tokens": 1}
+
+    monkeypatch.setattr(train_lm, "evaluate_lm", fake_evaluate)
+    _, metrics = run(settings=NT_ASGD, epochs=len(losses), nonmono=nonmono, lr=0.1)
+    modes = [h["optimizer"] for h in metrics["history"]]
+    at = awd_switch_epoch(losses, nonmono)
+    want = (
+        ["sgd"] * len(losses)
+        if at is None
+        else ["sgd"] * (at + 1) + ["asgd"] * (len(losses) - at - 1)
+    )
+    assert modes == want

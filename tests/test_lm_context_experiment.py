@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ BOUNDARIES = [1, 20, 200]
 def result(eff, order, content, function, n=(5, 5)):
     return {
         "effective_context": {"all": eff, "content": content, "function": function},
-        "order_insensitive_beyond": {"shuffle_global": order},
+        "insensitive_beyond": {"shuffle_global": order},
         "groups": {"content": {"n": n[0]}, "function": {"n": n[1]}},
         "perturbation": {"context": 300},
     }
@@ -34,10 +36,10 @@ def test_claims_take_the_model_farthest_from_the_paper():
     claims = context_claims(results, SIZES, BOUNDARIES, models, 0.01)
     assert claims["effective_context"]["value"] == 30  # b is farther from 200 than a
     assert "b: 30 tokens" in claims["effective_context"]["ours"]
-    # "never" counts as twice the largest boundary, and b decides
-    assert claims["order_matters_only_nearby"]["value"] == 400
+    # "never" counts as infinite, and b decides
+    assert claims["order_matters_only_nearby"]["value"] == math.inf
     assert "more than 1% still at boundary 200" in claims["order_matters_only_nearby"]["ours"]
-    # b's content targets never settle: 2000 / 20 = 100; a: 100 / 10 = 10 -> the smaller decides
+    # b's content targets never settle: inf / 20; a: 100 / 10 = 10 -> the smaller decides
     assert claims["content_needs_more_context"]["value"] == 10
     assert claims["ptb_test_perplexity"]["value"] == 60.0
     assert claims["wt2_test_perplexity"]["value"] == 80.0
@@ -46,8 +48,8 @@ def test_claims_take_the_model_farthest_from_the_paper():
 def test_claims_without_the_papers_corpora_or_groups_are_na():
     results = {"a": result(None, 5, 1, 1, n=(0, 7))}
     claims = context_claims(results, SIZES, BOUNDARIES, {"a": trained("prose", 100.0)}, 0.01)
-    assert claims["effective_context"]["value"] == 2000
-    assert "not within 1000 tokens" in claims["effective_context"]["ours"]
+    assert claims["effective_context"]["value"] == math.inf  # fails any between-rule
+    assert "not within 1% up to 1000 tokens" in claims["effective_context"]["ours"]
     assert "na" in claims["content_needs_more_context"]
     assert "prose corpus is not comparable" in claims["ptb_test_perplexity"]["na"]
     assert "na" in claims["wt2_test_perplexity"]

@@ -4,12 +4,15 @@ Truncated back-propagation through time over `batch_size` parallel streams of th
 text with a random window length (bptt w.p. 0.95, else bptt / 2, then N(., 5), at least 5;
 the learning rate scaled by length / bptt), activation (alpha) and temporal activation (beta)
 regularisation of the last layer, gradient clipping, and either NT-ASGD (SGD that switches to
-averaged SGD once the validation loss stops improving for `nonmono` epochs; evaluated with the
-averaged weights) or Adam. The weights with the best validation loss are kept.
+averaged SGD once the validation loss is worse than the best of the epochs before the last
+`nonmono`; evaluated with the averaged weights) or Adam. The weights with the best validation
+loss are kept. As in AWD-LSTM, torch's ASGD applies a step's length-scaled learning rate one
+step late (its step size is computed from the previous step's rate).
 
 Seeded and deterministic on the CPU. The full training state is written to `resume_path` every
-`checkpoint_seconds` and after every epoch; a later call with the same arguments continues from
-there and ends with the same weights as an uninterrupted run.
+`checkpoint_seconds` (checked after each step and each epoch) and when training ends; a later
+call with the same arguments continues from there and, on the CPU, ends with the same weights
+as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -127,9 +130,10 @@ def train_language_model(
 ):
     """Train an AWDLSTM on `corpus`; return (model in eval mode, metrics).
 
-    The training text is cut into `batch_size` contiguous streams; an epoch reads every stream
-    from its start, up to `tokens_per_epoch` tokens in all (None: to the end), so a short epoch
-    still samples the whole corpus.
+    The training text is cut into `batch_size` contiguous streams. An epoch reads every stream
+    whole, or (`tokens_per_epoch`) a window of each stream of tokens_per_epoch / batch_size
+    positions, each epoch's window following the previous one's (wrapping around): a short
+    epoch reads a part of every stretch of the corpus, and later epochs read the rest.
 
     `stop_after_steps` ends the run after that many optimisation steps of this call, as an
     interruption would (the state is saved first), returning (None, None).
@@ -155,9 +159,15 @@ def train_language_model(
     mode = "adam" if optimizer == "adam" else "sgd"
     opt = make_opt(mode)
     data = batchify(corpus.train, batch_size, device)
-    end = data.shape[1] - 1  # an epoch reads each stream up to here
+    end = data.shape[1] - 1  # an epoch reads this many positions of each stream
     if tokens_per_epoch:
         end = min(end, max(tokens_per_epoch // batch_size, 2))
+
+    def offset(e: int) -> int:
+        """Where epoch e starts in each stream: after the previous epoch's window, wrapping."""
+        room = data.shape[1] - 1 - end
+        return (e * end) % room if room > 0 else 0
+
     epoch, pos, step_total, history, best = 0, 0, 0, [], None
     state, gen, resumed = None, None, False
     running, seen = 0.0, 0  # this epoch's summed training loss and target count
@@ -226,7 +236,8 @@ def train_language_model(
             seq_len = min(seq_len, end - pos)
             for group in opt.param_groups:
                 group["lr"] = lr * seq_len / bptt
-            x, y = data[:, pos : pos + seq_len], data[:, pos + 1 : pos + 1 + seq_len]
+            at = offset(epoch) + pos
+            x, y = data[:, at : at + seq_len], data[:, at + 1 : at + 1 + seq_len]
             logits, state, raw, dropped = model(x, _detach(state))
             loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
             total = loss
@@ -274,14 +285,17 @@ def train_language_model(
             f"epoch {epoch + 1}: train loss {running / max(seen, 1):.3f}, valid perplexity "
             f"{val['perplexity']:.1f} ({mode})"
         )
-        losses = [h["valid_loss"] for h in history]
-        if mode == "sgd" and len(losses) > nonmono and losses[-1] > min(losses[:-nonmono]):
+        # AWD-LSTM's rule: the earlier epochs' losses, less the last `nonmono` of them
+        earlier = [h["valid_loss"] for h in history[:-1]]
+        if mode == "sgd" and len(earlier) > nonmono and val["loss"] > min(earlier[:-nonmono]):
             print(f"validation stalled for {nonmono} epochs: switching to averaged SGD")
             mode = "asgd"
             opt = make_opt(mode)
         epoch += 1
         pos, state, running, seen = 0, None, 0.0, 0
-        save_state()
+        if epoch == epochs or time.perf_counter() - last_save > checkpoint_seconds:
+            save_state()  # not after every epoch: at paper scale a state is ~0.4 GB
+            last_save = time.perf_counter()
     seconds = time.perf_counter() - t0
     model.load_state_dict(best[1])
     model.eval()

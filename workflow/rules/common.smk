@@ -285,14 +285,20 @@ def lm_corpus_inputs(lm):
     return wikitext2_files()
 
 
+def lm_spec(wildcards):
+    return config["language_models"][wildcards.lm]
+
+
 def lm_corpus_dir(lm):
     """The folder holding a PTB / WikiText-2 model's files (None for the prose corpus)."""
+    lm = getattr(lm, "lm", lm)
     if config["language_models"][lm]["corpus"] == "prose":
         return None
     return str(Path(lm_corpus_inputs(lm)[0]).parent)
 
 
 def lm_austen_dir(lm):
+    lm = getattr(lm, "lm", lm)
     if config["language_models"][lm]["corpus"] != "prose":
         return None
     return str(Path(austen_files()[0]).parent)

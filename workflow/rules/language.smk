@@ -67,10 +67,10 @@ if LANGUAGE_MODELS:
                 else 0
             ),
         params:
-            spec=lambda wildcards: config["language_models"][wildcards.lm],
+            spec=lm_spec,
             partial=f"{RESULTS}/models/partial/{{lm}}.pt",
-            corpus_dir=lambda wildcards: lm_corpus_dir(wildcards.lm),
-            austen_dir=lambda wildcards: lm_austen_dir(wildcards.lm),
+            corpus_dir=lm_corpus_dir,
+            austen_dir=lm_austen_dir,
         script:
             "../scripts/language_model.py"
 

@@ -24,6 +24,6 @@ with logged(snakemake.log[0]):
         seed=config["seed"],
         device=config["device"],
         threads=snakemake.threads,
-        figure_dir=str(Path(snakemake.output.metrics).parents[1] / "figures" / "lm_context"),
+        figure_dir=str(Path(snakemake.output[names[0]]).parent),
         metrics=snakemake.output.metrics,
     )

