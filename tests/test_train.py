@@ -66,3 +66,17 @@ def test_partial_state_of_other_settings_is_ignored(tmp_path, capsys):
     _, _, m = train_classifier(*ARCH, tr, te, **other, resume_path=partial)
     assert "belongs to other training settings" in capsys.readouterr().out
     assert [h["epoch"] for h in m["history"]] == [1, 2]  # started from scratch
+
+
+def test_truncated_partial_state_is_ignored_not_fatal(tmp_path, full_run, capsys):
+    tr, te = data()
+    partial = tmp_path / "partial.pt"
+    train_classifier(*ARCH, tr, te, **ARGS, resume_path=partial, stop_after_epoch=1)
+    partial.write_bytes(partial.read_bytes()[:64])  # killed while writing, or a damaged disk
+    resumed, _, m = train_classifier(*ARCH, tr, te, **ARGS, resume_path=partial)
+    assert "unreadable" in capsys.readouterr().out
+    for (k, va), vb in zip(
+        full_run[0].state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert torch.equal(va, vb), k
+    assert [h["epoch"] for h in m["history"]] == [1, 2]

@@ -65,6 +65,17 @@ def _run_key(arch: str, arch_args: dict, train_args: dict, seed: int, train: Ima
     return h.hexdigest()[:16]
 
 
+def read_state(path: Path) -> dict | None:
+    """A saved training state (weights-only), or None with a message when it is unreadable (a
+    crash while writing, a damaged disk): training then starts afresh rather than failing."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        print(f"ignoring {path}: unreadable ({type(err).__name__}); training from the start")
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def train_classifier(
     arch: str,
     arch_args: dict,
@@ -109,8 +120,8 @@ def train_classifier(
     key = _run_key(arch, arch_args, train_args, seed, train)
     start_epoch, history = 0, []
     resume_path = Path(resume_path) if resume_path else None
-    if resume_path and resume_path.exists():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+    state = read_state(resume_path) if resume_path and resume_path.exists() else None
+    if state is not None:
         if state.get("key") == key:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])

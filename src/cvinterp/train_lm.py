@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from cvinterp.data.prose import Corpus
 from cvinterp.models.awd_lstm import AWDLSTM
+from cvinterp.train import read_state
 
 
 def batchify(ids: np.ndarray, streams: int, device) -> torch.Tensor:
@@ -73,16 +74,6 @@ def _run_key(corpus: Corpus, settings: dict, seed: int) -> str:
         h.update(np.asarray(split[:: max(1, len(split) // 4096)]).tobytes())
         h.update(str(len(split)).encode())
     return h.hexdigest()[:16]
-
-
-def _read_state(path: Path) -> dict | None:
-    """A saved training state (weights-only), or None with a message when it is unreadable."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated by a crash, or not ours: start afresh
-        print(f"ignoring {path}: unreadable ({type(err).__name__}); training from the start")
-        return None
-    return saved if isinstance(saved, dict) else None
 
 
 class _Averaged:
@@ -172,7 +163,7 @@ def train_language_model(
     state, gen, resumed = None, None, False
     running, seen = 0.0, 0  # this epoch's summed training loss and target count
     resume_path = Path(resume_path) if resume_path else None
-    saved = _read_state(resume_path) if resume_path and resume_path.exists() else None
+    saved = read_state(resume_path) if resume_path and resume_path.exists() else None
     if saved is not None:
         if saved.get("key") == key:
             model.load_state_dict(saved["model"])
