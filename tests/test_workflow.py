@@ -299,3 +299,75 @@ def test_paper_profile_plans_without_touching_the_network(tmp_path):
         assert f"downloads/{name}" in plan
     assert "models/awd_lstm_ptb.pt" in plan and "models/awd_lstm_wt2.pt" in plan
     assert not (wd / "results").exists() and not (wd / "resources").exists()
+
+
+def chromium_driver():
+    """Headless Chromium (Debian's chromium + chromium-driver) through Selenium, or a skip that
+    says what to install (.ci/run installs them)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("headless Chromium missing: apt-get install chromium chromium-driver")
+    options = Options()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+# In the page: decode every embedded PNG as the browser draws it, and read the comparison table.
+RENDER_ALL = """
+const done = arguments[arguments.length - 1];
+const entries = Object.entries(results);
+const figures = entries.filter(([k, r]) => r.mime_type === "image/png");
+Promise.all(figures.map(([key, r]) => new Promise(resolve => {
+  const img = new Image();
+  img.onload = () => resolve([key, img.naturalWidth, img.naturalHeight]);
+  img.onerror = () => resolve([key, 0, 0]);
+  img.src = r.data_uri;
+}))).then(sizes => {
+  const table = entries.find(([k, r]) => k.endsWith("compare.tsv"))[1];
+  const bytes = Uint8Array.from(atob(table.data_uri.split(",")[1]), c => c.charCodeAt(0));
+  done({sizes: sizes, table: new TextDecoder().decode(bytes), categories: categories});
+});
+"""
+
+
+def test_report_renders_every_figure_and_the_whole_table_in_a_browser(smoke, tmp_path):
+    import yaml
+    from selenium.webdriver.common.by import By
+
+    wd, out, shared = smoke
+    report = tmp_path / "report.html"
+    res = snakemake(
+        wd, "--configfile", "config/smoke.yaml", "--config", shared, "--report", str(report)
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    browser = chromium_driver()
+    try:
+        browser.set_script_timeout(120)
+        browser.get(report.as_uri())
+        page = browser.find_element(By.TAG_NAME, "body").text
+        assert "Comparison with the papers" in page  # the app itself rendered
+        got = browser.execute_async_script(RENDER_ALL)
+        for category in got["categories"]:  # the menu lists every category of results
+            assert category in page, category
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        browser.quit()
+    assert not errors, errors
+    figures = {p.relative_to(wd).as_posix() for p in out.rglob("figures/**/*.png")}
+    rendered = {key: (w, h) for key, w, h in got["sizes"]}
+    assert set(rendered) == figures  # every figure of the run is in the report
+    assert all(w > 50 and h > 50 for w, h in rendered.values()), rendered
+    claims = [
+        c["claim"]
+        for f in sorted((ROOT / "config" / "claims").glob("*.yaml"))
+        for c in yaml.safe_load(f.read_text())["claims"]
+    ]
+    listed = {row.split("\t")[1] for row in got["table"].strip().splitlines()[1:]}
+    assert set(claims) == listed  # the table lists every claim, nothing else
