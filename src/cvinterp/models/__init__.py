@@ -160,8 +160,10 @@ def save_checkpoint(
     tmp.replace(path)
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint safely (weights_only) and check it is one of ours."""
+def read_checkpoint(
+    path: str | Path, fmt: str = "cvinterp-checkpoint-1", kind: str = "cvinterp checkpoint"
+) -> dict:
+    """Load a checkpoint safely (weights_only) and check it is one of ours (format `fmt`)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist: run the workflow to create it")
@@ -172,8 +174,8 @@ def read_checkpoint(path: str | Path) -> dict:
             f"checkpoint {path} is corrupt, truncated or not a weights-only file ({err}); "
             "delete it and run the workflow again to recreate it"
         ) from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "cvinterp-checkpoint-1":
-        raise CheckpointError(f"{path} is not a cvinterp checkpoint (no 'format' marker)")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a {kind} (no '{fmt}' format marker)")
     return ckpt
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from cvinterp.models import CheckpointError
+from cvinterp.models import CheckpointError, read_checkpoint
 
 FORMAT = "cvinterp-lm-1"
 
@@ -162,18 +162,7 @@ def save_lm(path: str | Path, model: AWDLSTM, vocab: list[str], meta: dict) -> N
 
 def load_lm(path: str | Path, device: torch.device | str = "cpu"):
     """(model in eval mode on `device`, vocabulary, checkpoint dict), loaded weights-only."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist: run the workflow to create it")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, foreign pickle, ...
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt, truncated or not a weights-only file ({err}); "
-            "delete it and run the workflow again to recreate it"
-        ) from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a cvinterp language-model checkpoint")
+    ckpt = read_checkpoint(path, FORMAT, "cvinterp language-model checkpoint")
     try:
         model = AWDLSTM(len(ckpt["vocab"]), **ckpt["arch_args"])
         model.load_state_dict(ckpt["state_dict"])
