@@ -17,8 +17,9 @@ size; the training steps read it as PTB-like batches).
 - one at a time: the same NLLs, one forward pass per target on its (1, L) context, for the
   first N targets (extrapolated to T); the NLLs must agree with the batched ones (float32
   tolerance), else the script exits with status 1 after printing;
-- training (`--train-steps S`, 0 to skip): S steps of `train_language_model`'s inner loop
-  (AWD-LSTM's batch and BPTT window, weight drop and all dropouts on), tokens per second;
+- training (`--train-steps S`, 0 to skip): `train_language_model` itself for about S windows
+  of each stream (AWD-LSTM's batch and mean BPTT window, weight drop and all dropouts on, Adam),
+  tokens per second as the workflow's metrics report them (its first, warm-up step included);
 - `--sweep`: the whole lm_context condition sweep on the T targets (the context grid up to
   1000 and 7 perturbations at 9 boundaries of an L-token window): seconds and targets/s of the
   batched conditions, and separately the seconds of the full-context pass (the stream read
@@ -36,6 +37,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -65,38 +67,22 @@ def naive_nll(model, stream, positions, length) -> torch.Tensor:
     return torch.stack(out)
 
 
-def train_steps(model, stream, steps, batch_size, bptt, device) -> float:
-    """Tokens per second of `steps` AWD-style training steps (all dropouts on)."""
-    from cvinterp.train_lm import batchify
+def train_steps(vocab, dims, drops, stream, steps, batch_size, bptt, device) -> float:
+    """Tokens per second of `train_language_model` (Adam, all dropouts on) reading about `steps`
+    windows of each of `batch_size` streams of the synthetic text: the workflow's own loop."""
+    from cvinterp.data.prose import Corpus
+    from cvinterp.train_lm import train_language_model
 
-    data = batchify(stream.cpu().numpy(), batch_size, device)
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    model.train()
-    state, tokens = None, 0
-
-    def run(n_steps: int):
-        nonlocal state, tokens
-        for i in range(n_steps):
-            x = data[:, i * bptt : (i + 1) * bptt]
-            y = data[:, i * bptt + 1 : (i + 1) * bptt + 1]
-            logits, state, raw, dropped = model(
-                x, state and [tuple(t.detach() for t in s) for s in state]
-            )
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
-            )
-            loss = loss + 2 * dropped.pow(2).mean() + (raw[:, 1:] - raw[:, :-1]).pow(2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
-            opt.step()
-            tokens += y.numel()
-
-    timed(lambda: run(1), device)  # warm-up: one step
-    tokens = 0
-    seconds, _ = timed(lambda: run(steps), device)
-    model.eval()
-    return tokens / seconds
+    ids = stream.cpu().numpy()
+    held_out = ids[: 4 * bptt]  # a token validation and test split: timing is of training
+    corpus = Corpus([str(i) for i in range(vocab)], ids, held_out, held_out, np.ones(vocab))
+    _, metrics = train_language_model(
+        corpus, arch_args={**dims, **drops}, epochs=1, batch_size=batch_size, bptt=bptt,
+        optimizer="adam", lr=1e-3, weight_decay=1.2e-6, clip=0.25, alpha=2, beta=1, nonmono=5,
+        eval_batch_size=1, test_batch_size=1, tokens_per_epoch=steps * batch_size * bptt,
+        checkpoint_seconds=1e9, seed=0, device=device, progress=False,
+    )  # fmt: skip
+    return metrics["train_tokens_per_second_this_run"]
 
 
 def sweep(scorer, model, stream, positions, length, gen, vocab) -> tuple[float, int, float]:
@@ -189,7 +175,10 @@ def main() -> int:
         "targets_per_second": len(positions) / t_batched, "max_nll_difference": worst,
     }  # fmt: skip
     if args.train_steps:
-        tps = train_steps(model, stream, args.train_steps, size["batch_size"], size["bptt"], dev)
+        tps = train_steps(
+            size["vocab"], dims, drops, stream, args.train_steps, size["batch_size"],
+            size["bptt"], dev,
+        )  # fmt: skip
         result["train_tokens_per_second"] = tps
         print(f"training: {tps:,.0f} tokens/s (batch {size['batch_size']}, bptt {size['bptt']})")
     if args.sweep:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the repo root, and the Fashion-MNIST files fetched once per session."""
+"""Shared fixtures: the repo root, the Fashion-MNIST files fetched once per session, and one
+torch thread for modules of tiny tensors."""
 
 from __future__ import annotations
 
@@ -26,3 +27,15 @@ def fashion_dir() -> Path:
         source_dir=None,
         allow_download=False,
     )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread is as fast, and many times faster when the cores are busy.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

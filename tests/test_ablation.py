@@ -33,13 +33,7 @@ SMALL_CHUNKS, SQUEEZENET_CHUNKS = (6, 3, 5), (5, 3, 4)  # uneven chunks of 14 an
 SQUEEZENET_UNITS = sorted({0, 255, 256, 511} | set(range(20, 512, 50)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and far faster when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _zero(units):

@@ -76,6 +76,10 @@ def test_a_checkpoint_of_another_vocabulary_is_refused(tmp_path, monkeypatch):
     r = context_of_model("lm", str(path), {"corpus": "prose"}, **settings)
     assert r["targets"] == 5 and len(r["restriction"]["increase"]) == 2
     assert r["speed"]["targets_scored"] == 5 * (2 + 1 + 1)
+    # a perturbation window that is also a restriction size is scored once, not twice
+    again = context_of_model("lm", str(path), {"corpus": "prose"}, **{**settings, "sizes": [1, 4]})
+    assert again["speed"]["targets_scored"] == 5 * (2 + 0 + 1)
+    assert again["perturbation"]["base_loss"] == again["restriction"]["loss"][1]
     settings["sizes"] = [1, 2000]  # more history than the 400-token test split has
     with pytest.raises(DataError, match="too few for targets with 2000 tokens of history"):
         context_of_model("lm", str(path), {"corpus": "prose"}, **settings)

@@ -75,8 +75,7 @@ def language_model(
     Path(partial).unlink(missing_ok=True)  # done: a later forced rerun trains afresh
 
 
-def _group_masks(corpus, targets: np.ndarray, frequent: int, rare: int, vocab) -> dict:
-    function, content = khandelwal.word_classes(vocab)
+def _group_masks(corpus, targets: np.ndarray, frequent: int, rare: int, function, content) -> dict:
     count = corpus.counts[targets]
     return {
         "frequent": count > frequent,
@@ -131,7 +130,10 @@ def context_of_model(
         raise DataError(f"{name}, {split} split: {err}") from err
     stream = torch.as_tensor(np.asarray(ids), dtype=torch.int64, device=dev)
     positions = torch.as_tensor(pos_np, device=dev)
-    groups = _group_masks(corpus, np.asarray(ids)[pos_np], frequent_count, rare_count, vocab)
+    function, content = khandelwal.word_classes(vocab)
+    groups = _group_masks(
+        corpus, np.asarray(ids)[pos_np], frequent_count, rare_count, function, content
+    )
     scorer = khandelwal.Scorer(model, stream, batch_size)
     t0, scored, tokens = time.perf_counter(), 0, 0
     full = khandelwal.full_context_loss(model, stream, positions).cpu().numpy()
@@ -145,9 +147,12 @@ def context_of_model(
     increase = restricted - full[None]
 
     index = khandelwal.windows(positions, perturb_context)
-    base = scorer.at(index, positions).cpu().numpy()
-    scored, tokens = scored + len(pos_np), tokens + len(pos_np) * perturb_context
-    word_masks = [torch.as_tensor(m) for m in khandelwal.word_classes(vocab)]
+    if perturb_context in sizes:  # the unperturbed window is one of the restricted contexts
+        base = restricted[sizes.index(perturb_context)]
+    else:
+        base = scorer.at(index, positions).cpu().numpy()
+        scored, tokens = scored + len(pos_np), tokens + len(pos_np) * perturb_context
+    word_masks = [torch.as_tensor(function), torch.as_tensor(content)]
     perturbed = {}
     steps = [(kind, b) for kind in perturbations for b in boundaries]
     for kind, b in tqdm(steps, desc=f"{name}: perturbations", mininterval=5):
