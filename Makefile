@@ -28,7 +28,7 @@ lint: setup
 	$(BIN)/snakemake --lint
 
 test: lint
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --durations=12
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,14 +1,38 @@
-"""Shared fixtures: the repo root, the Fashion-MNIST files fetched once per session, and one
-torch thread for modules of tiny tensors."""
+"""Shared fixtures: the repo root, the Fashion-MNIST files fetched once per session, one torch
+thread for modules of tiny tensors, and the smoke profile run once per session (the workflow, the
+report, the cluster and the fault tests all read it)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def copy_workflow(dest: Path) -> Path:
+    for item in ("Snakefile", "workflow", "config", "profiles"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
+    return dest
+
+
+def snakemake(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SNAKEMAKE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +63,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory, fashion_dir):
+    """The smoke profile run locally: (workflow folder, its results folder, --config override)."""
+    wd = copy_workflow(tmp_path_factory.mktemp("wf"))
+    shared = f"resources_dir={ROOT / 'resources'}"
+    res = snakemake(wd, "--configfile", "config/smoke.yaml", "-c", "2", "--config", shared)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (version,) = [p for p in (wd / "results").iterdir()]
+    return wd, version, shared

@@ -4,46 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, copy_workflow, snakemake
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 pytestmark = pytest.mark.slow  # real workflow runs: about a minute
-
-
-def copy_workflow(dest: Path) -> Path:
-    for item in ("Snakefile", "workflow", "config", "profiles"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
-    return dest
-
-
-def snakemake(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SNAKEMAKE, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=900,
-    )
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, fashion_dir):
-    wd = copy_workflow(tmp_path_factory.mktemp("wf"))
-    shared = f"resources_dir={ROOT / 'resources'}"
-    res = snakemake(wd, "--configfile", "config/smoke.yaml", "-c", "2", "--config", shared)
-    assert res.returncode == 0, res.stderr[-3000:]
-    (version,) = [p for p in (wd / "results").iterdir()]
-    return wd, version, shared
 
 
 def test_smoke_run_writes_every_result(smoke):

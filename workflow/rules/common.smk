@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cvinterp.data.fetch import DOWNLOADS
 from cvinterp.data.images import FASHION_FILES
-from cvinterp.models import zoo
+from cvinterp.models import torchvision_weights_name, zoo
 from cvinterp.config import (
     check_released_references,
     check_version_folder,
@@ -48,6 +48,44 @@ check_version_folder(RESULTS, config)
 
 LANGUAGE_MODELS = list(config.get("language_models", {}))
 
+# What a job asks a cluster for (profiles/slurm; locally only `threads` matters). Paper-scale jobs
+# are bigger and ask for a GPU when the device may be one. Memory grows with each attempt, so a
+# job killed for memory is resubmitted (`--retries`) with more; training resumes from its state.
+PAPER = config["profile"] == "paper"
+GPU = int(config["device"] == "cuda" or (config["device"] == "auto" and PAPER))
+# The default profile's experiments that take seconds to a minute, less than a cluster job's
+# start-up: on a cluster they share jobs (`group-components` in profiles/slurm).
+SHORT_EXPERIMENTS = {
+    "filters",
+    "activations",
+    "top_images",
+    "deconvnet",
+    "guided_backprop",
+    "backprop",
+    "occlusion",
+    "actmax",
+    "embedding",
+}
+
+
+def memory(default, paper=None):
+    """A job's memory request in MB: the profile's size, times the attempt."""
+    base = paper if PAPER and paper is not None else default
+    return lambda wildcards, attempt: base * attempt
+
+
+def minutes(default, paper=None):
+    """A job's time limit in minutes (a training job cut off resumes on its next attempt)."""
+    return paper if PAPER and paper is not None else default
+
+
+def job_group(experiment):
+    """The cluster job group of an experiment's rule: short CPU jobs share jobs; paper-scale and
+    GPU jobs don't (a group adds up the resources of its jobs, GPUs included)."""
+    if experiment in SHORT_EXPERIMENTS and not PAPER and not GPU:
+        return "short_experiments"
+    return None
+
 
 wildcard_constraints:
     model="|".join(config["models"]),
@@ -68,8 +106,26 @@ def model_spec(wildcards):
 
 
 def model_inputs(wildcards):
-    """Files a model's job reads: its dataset when it is fetched by a rule."""
-    return dataset_files(wildcards.model)
+    """Files a model's job reads: its dataset or its ImageNet weights, when a rule fetches them
+    (compute nodes of a cluster are often offline: downloads are local rules)."""
+    return dataset_files(wildcards.model) + torchvision_weights(wildcards.model)
+
+
+# torchvision ImageNet weights by file name -> architecture (paper profile)
+TORCHVISION_WEIGHTS = {
+    torchvision_weights_name(spec["arch"]): spec["arch"]
+    for spec in config["models"].values()
+    if spec.get("weights") == "torchvision"
+}
+
+
+def torchvision_weights(model):
+    spec = config["models"][model]
+    if spec.get("weights") != "torchvision":
+        return []
+    return [
+        f"{RESOURCES}/torch-hub/checkpoints/{torchvision_weights_name(spec['arch'])}"
+    ]
 
 
 def dataset_files(model):

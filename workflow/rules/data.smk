@@ -57,3 +57,25 @@ rule get_cifar10:
         dest=unpack_destination,
     script:
         "../scripts/unpack.py"
+
+
+rule get_torchvision_weights:
+    output:
+        f"{RESOURCES}/torch-hub/checkpoints/{{file}}",
+    log:
+        f"{RESOURCES}/logs/torch-hub/{{file}}.log",
+    benchmark:
+        f"{RESOURCES}/benchmarks/torch-hub/{{file}}.tsv"
+    wildcard_constraints:
+        file="|".join(re.escape(n) for n in TORCHVISION_WEIGHTS) or "(?!)",
+    localrule: True
+    conda:
+        "../envs/cvinterp.yaml"
+    resources:
+        mem_mb=500,
+        runtime=60,
+    params:
+        arch=lambda wildcards: TORCHVISION_WEIGHTS[wildcards.file],
+        hub_dir=lambda wildcards, output: Path(output[0]).parents[1],
+    script:
+        "../scripts/get_torchvision_weights.py"

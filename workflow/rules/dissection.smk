@@ -34,7 +34,7 @@ rule concept_probe:
     conda:
         "../envs/cvinterp.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=memory(1000),
         runtime=30,
     params:
         images=config["datasets"]["concept_probe"]["images"],
@@ -86,14 +86,9 @@ if "dissection" in config["experiments"]:
             "../envs/cvinterp.yaml"
         threads: config["threads"]
         resources:
-            mem_mb=16000 if config["profile"] == "paper" else 4000,
-            runtime=360 if config["profile"] == "paper" else 60,
-            gpu=(
-                1
-                if config["device"] in ("auto", "cuda")
-                and config["profile"] == "paper"
-                else 0
-            ),
+            mem_mb=memory(4000, paper=16000),
+            runtime=minutes(60, paper=360),
+            gpu=GPU,
         params:
             models=dissection_models(),
             probe_dirs=dissection_probe_dirs(),

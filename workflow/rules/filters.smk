@@ -27,11 +27,13 @@ if FILTERS:
             f"{RESULTS}/logs/filters.log",
         benchmark:
             f"{RESULTS}/benchmarks/filters.tsv"
+        group:
+            job_group("filters")
         conda:
             "../envs/cvinterp.yaml"
         threads: 1
         resources:
-            mem_mb=2000,
+            mem_mb=memory(2000),
             runtime=10,
         params:
             models=FILTERS["models"],

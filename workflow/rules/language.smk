@@ -58,14 +58,9 @@ if LANGUAGE_MODELS:
             "../envs/cvinterp.yaml"
         threads: config["threads"]
         resources:
-            mem_mb=4000,
-            runtime=1440 if config["profile"] == "paper" else 60,
-            gpu=(
-                1
-                if config["device"] in ("auto", "cuda")
-                and config["profile"] == "paper"
-                else 0
-            ),
+            mem_mb=memory(4000, paper=16000),
+            runtime=minutes(60, paper=1440),
+            gpu=GPU,
         params:
             spec=lm_spec,
             partial=f"{RESULTS}/models/partial/{{lm}}.pt",
@@ -95,14 +90,9 @@ if "lm_context" in config["experiments"]:
             "../envs/cvinterp.yaml"
         threads: config["threads"]
         resources:
-            mem_mb=16000 if config["profile"] == "paper" else 4000,
-            runtime=120 if config["profile"] == "paper" else 60,
-            gpu=(
-                1
-                if config["device"] in ("auto", "cuda")
-                and config["profile"] == "paper"
-                else 0
-            ),
+            mem_mb=memory(4000, paper=16000),
+            runtime=minutes(60, paper=120),
+            gpu=GPU,
         params:
             models=lm_context_models(),
             corpus_dirs={m: lm_corpus_dir(m) for m in lm_context_models()},

@@ -12,13 +12,9 @@ rule model:
         "../envs/cvinterp.yaml"
     threads: config["threads"]
     resources:
-        mem_mb=4000,
-        runtime=120,
-        gpu=(
-            1
-            if config["device"] in ("auto", "cuda") and config["profile"] == "paper"
-            else 0
-        ),
+        mem_mb=memory(4000, paper=16000),
+        runtime=minutes(120, paper=720),
+        gpu=GPU,
     params:
         spec=model_spec,
         partial=f"{RESULTS}/models/partial/{{model}}.pt",

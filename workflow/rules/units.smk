@@ -19,18 +19,15 @@ for _unit in UNIT_EXPERIMENTS:
             f"{RESULTS}/logs/{_unit}.log",
         benchmark:
             f"{RESULTS}/benchmarks/{_unit}.tsv"
+        group:
+            job_group(_unit)
         conda:
             "../envs/cvinterp.yaml"
         threads: config["threads"]
         resources:
-            mem_mb=4000,
-            runtime=60,
-            gpu=(
-                1
-                if config["device"] in ("auto", "cuda")
-                and config["profile"] == "paper"
-                else 0
-            ),
+            mem_mb=memory(4000, paper=16000),
+            runtime=minutes(60, paper=360),
+            gpu=GPU,
         params:
             models=unit_models(_unit),
             settings=unit_settings(_unit),

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +74,9 @@ def package_dir(name: str) -> Path:
 # --- Fashion-MNIST -------------------------------------------------------------------------
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read a gzip IDX file (images: magic 2051, labels: magic 2049)."""
+def read_idx(path: Path, sha256: str | None = None) -> np.ndarray:
+    """Read a gzip IDX file (images: magic 2051, labels: magic 2049), checking the sha256 of
+    its content when one is given."""
     try:
         with gzip.open(path, "rb") as fh:
             raw = fh.read()
@@ -82,6 +84,11 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(
             f"{path} is not a readable gzip IDX file ({err}); delete it and refetch"
         ) from err
+    if sha256 is not None and (digest := hashlib.sha256(raw).hexdigest()) != sha256:
+        raise DataError(
+            f"{path} is corrupt: its content's sha256 is {digest[:12]}..., expected "
+            f"{sha256[:12]}...; delete it and refetch"
+        )
     magic = int.from_bytes(raw[:4], "big")
     if magic == 2051:
         n, h, w = (int.from_bytes(raw[4 * i : 4 * i + 4], "big") for i in (1, 2, 3))
@@ -108,8 +115,10 @@ def fashion_mnist(folder: str | Path, split: str) -> ImageData:
                 "get_fashion_mnist rule (snakemake get_fashion_mnist), or "
                 "`apt-get install dataset-fashion-mnist`, or set datasets.fashion_mnist.dir"
             )
-    images = read_idx(folder / img_name)[..., None]
-    labels = read_idx(folder / lab_name).astype(np.int64)
+    from cvinterp.data.fetch import FASHION_IDX_SHA256
+
+    images = read_idx(folder / img_name, FASHION_IDX_SHA256[img_name])[..., None]
+    labels = read_idx(folder / lab_name, FASHION_IDX_SHA256[lab_name]).astype(np.int64)
     return ImageData(images.copy(), labels, list(FASHION_CLASSES))
 
 

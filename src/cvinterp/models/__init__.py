@@ -170,8 +170,9 @@ def read_checkpoint(
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, foreign pickle, ...
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]  # torch's is long
         raise CheckpointError(
-            f"checkpoint {path} is corrupt, truncated or not a weights-only file ({err}); "
+            f"checkpoint {path} is corrupt, truncated or not a weights-only file ({reason}); "
             "delete it and run the workflow again to recreate it"
         ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
@@ -239,13 +240,21 @@ def load_torchvision_state_dict(path: str | Path, arch: str) -> nn.Module:
     return model.eval()
 
 
-def torchvision_pretrained(arch: str, hub_dir: str | Path) -> nn.Module:
-    """ImageNet weights from torchvision, checked against the hash prefix in the file name."""
+def torchvision_weights_name(arch: str) -> str:
+    """The file name of an architecture's torchvision weights: `<arch>-<sha256[:8]>.pth`."""
+    import torchvision
+
+    return Path(torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url).name
+
+
+def fetch_torchvision_weights(arch: str, hub_dir: str | Path) -> Path:
+    """The torchvision ImageNet weights file under `hub_dir/checkpoints/`, downloaded if missing,
+    checked against the hash prefix in its name."""
     import torchvision
 
     weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
-    target = Path(hub_dir) / "checkpoints" / Path(weights.url).name
-    prefix = target.stem.rsplit("-", 1)[-1]  # torchvision names files <arch>-<sha256[:8]>.pth
+    target = Path(hub_dir) / "checkpoints" / torchvision_weights_name(arch)
+    prefix = target.stem.rsplit("-", 1)[-1]
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -263,4 +272,10 @@ def torchvision_pretrained(arch: str, hub_dir: str | Path) -> nn.Module:
             f"{target} is corrupt (sha256 {digest[:8]}..., expected {prefix}...):"
             " delete it and rerun to download it again"
         )
-    return load_torchvision_state_dict(target, arch)
+    return target
+
+
+def torchvision_pretrained(arch: str, hub_dir: str | Path) -> nn.Module:
+    """ImageNet weights from torchvision (fetched by the workflow's local rule
+    `get_torchvision_weights`, or here when missing), checked, loaded into the architecture."""
+    return load_torchvision_state_dict(fetch_torchvision_weights(arch, hub_dir), arch)
