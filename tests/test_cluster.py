@@ -255,3 +255,22 @@ def test_example_partition_map_sends_gpu_jobs_to_the_gpu_partition(root):
     assert get_best_partition(partitions, default_model, Log()) == "cpu"
     # a job over every partition's limit is not placed (the plugin then falls back to the default)
     assert get_best_partition(partitions, PlannedJob("x", 8, runtime=10**6), Log()) is None
+
+
+@pytest.mark.parametrize("profile", ["default", "paper"])
+def test_slurm_plan_groups_short_cpu_experiments_and_never_gpu_jobs(tmp_path, profile):
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason='pip install -e ".[slurm]"')
+    wd = copy_workflow(tmp_path)
+    config = ["--configfile", "config/paper.yaml"] if profile == "paper" else []
+    res = snakemake(wd, "-n", "--workflow-profile", "profiles/slurm", *config)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    plan = res.stdout + res.stderr
+    groups = re.findall(r"Group job short_experiments", plan)
+    models = re.findall(r"^\s*rule model:\n(?:\s+.*\n)*?\s+resources: (.*)$", plan, re.M)
+    assert models
+    if profile == "default":
+        assert len(groups) == 2  # nine short experiments, five to a job
+        assert all("mem_mb=4000" in r and "gpu=0" in r for r in models), models
+    else:
+        assert not groups  # paper-scale jobs ask for a GPU each: never grouped
+        assert all("mem_mb=16000" in r and "gpu=1" in r for r in models), models
