@@ -267,3 +267,34 @@ def test_a_malformed_config_stops_before_any_job_naming_the_key(tmp_path, case):
     assert key in text, text[-2000:]
     assert "Traceback" not in text, text[-3000:]
     assert not (wd / "results").exists()  # nothing ran, nothing written
+
+
+def test_a_truncated_download_left_in_place_is_named_offline(tmp_path, offline):
+    from cvinterp.data import DataError
+    from cvinterp.data.fetch import DOWNLOADS, download
+
+    name = "cifar-10-python.tar.gz"
+    (tmp_path / name).write_bytes(b"the first bytes of an interrupted download")
+    with pytest.raises(DataError) as err:
+        download(name, tmp_path)  # the checksum fails, and a fresh copy cannot be fetched
+    text = str(err.value)
+    assert str(tmp_path / name) in text and DOWNLOADS[name][1] in text
+    assert len(text.splitlines()) == 1
+
+
+def test_a_download_that_arrives_corrupt_is_refused_and_named(tmp_path, monkeypatch):
+    import pooch
+
+    from cvinterp.data import DataError
+    from cvinterp.data.fetch import download
+
+    def corrupt_transfer(self, url, output_file, pooch_instance, check_only=False):
+        Path(output_file).write_bytes(b"not the archive")  # what arrived is not the file
+
+    monkeypatch.setattr(pooch.HTTPDownloader, "__call__", corrupt_transfer)
+    name = "ptb.valid.txt"
+    with pytest.raises(DataError) as err:
+        download(name, tmp_path)
+    text = str(err.value)
+    assert "failed its checksum" in text and str(tmp_path / name) in text
+    assert not (tmp_path / name).exists()  # nothing unverified is left for a later job
