@@ -17,14 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_workflow, snakemake
+from tests.conftest import copy_workflow, measured, snakemake
 
 pytestmark = pytest.mark.slow
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "sinfo", "scontrol", "scancel")
-# Values that measure the machine, not the method: they differ between any two runs.
-TIMING_WORDS = ("seconds", "per_second", "speed", "elapsed", "rss")
 
 
 def free_port() -> int:
@@ -154,19 +152,6 @@ def cluster_jobs(env: dict) -> list[dict]:
     )  # fmt: skip
     rows = [line.split("|", 3) for line in res.stdout.splitlines() if line.strip()]
     return [dict(zip(("id", "name", "state", "comment"), r, strict=True)) for r in rows]
-
-
-def measured(value):
-    """A metrics document without the values that time the machine."""
-    if isinstance(value, dict):
-        return {
-            k: measured(v)
-            for k, v in value.items()
-            if not any(w in k.lower() for w in TIMING_WORDS)
-        }
-    if isinstance(value, list):
-        return [measured(v) for v in value]
-    return value
 
 
 def test_smoke_profile_runs_on_slurm_and_matches_the_local_run(slurm, smoke, tmp_path):

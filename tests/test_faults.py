@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SNAKEMAKE, copy_workflow
+from tests.conftest import ROOT, SNAKEMAKE, copy_workflow, measured, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,6 @@ PROFILE = {
                        "boundaries": [1, 5], "perturb_context": 20, "span": 5}
     },
 }  # fmt: skip
-TIMING = {"train_seconds_this_run", "train_tokens_per_second_this_run", "speed"}
 
 
 def workflow(dest: Path) -> Path:
@@ -68,10 +67,7 @@ def finished(wd: Path) -> dict:
     (out,) = (wd / "results").iterdir()
     lm = json.loads((out / "metrics" / "models" / "lm_kill.json").read_text())
     ctx = json.loads((out / "metrics" / "lm_context.json").read_text())
-    strip = lambda d: {k: v for k, v in d.items() if k not in TIMING}  # noqa: E731
-    ctx["models"] = {m: strip(r) for m, r in ctx["models"].items()}
-    ctx["trained"] = {m: strip(r) for m, r in ctx["trained"].items()}
-    return {"lm": strip(lm), "context": ctx}
+    return measured({"lm": lm, "context": ctx})
 
 
 def test_killed_mid_training_resumes_to_the_numbers_of_an_uninterrupted_run(tmp_path):
@@ -170,11 +166,9 @@ def copy_of_smoke_run(smoke, dest: Path) -> tuple[Path, Path, str]:
 
 
 def rerun(wd: Path, shared: str, target: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SNAKEMAKE, target, *args, "--configfile", "config/smoke.yaml", "-c", "1",
-         "--config", shared],  # --config takes every argument after it
-        cwd=wd, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    # the target first: --config takes every argument after it
+    return snakemake(wd, target, *args, "--configfile", "config/smoke.yaml", "-c", "1",
+                     "--config", shared)  # fmt: skip
 
 
 class Payload:
@@ -258,10 +252,7 @@ def test_a_malformed_config_stops_before_any_job_naming_the_key(tmp_path, case):
     wd = workflow(tmp_path / "wf")
     (wd / "bad.yaml").write_text(yaml.safe_dump(smoke_config(change)))
     shared = f"resources_dir={ROOT / 'resources'}"
-    res = subprocess.run(
-        [*SNAKEMAKE, "--configfile", "bad.yaml", "-c", "1", "--config", shared],
-        cwd=wd, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    res = snakemake(wd, "--configfile", "bad.yaml", "-c", "1", "--config", shared)
     assert res.returncode != 0
     text = res.stdout + res.stderr
     assert key in text, text[-2000:]

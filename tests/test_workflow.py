@@ -219,13 +219,19 @@ def test_bad_config_key_fails_at_once_naming_it(smoke):
     assert res.returncode != 0 and "unknown config key 'seeed'" in res.stdout + res.stderr
 
 
-def test_report_has_every_figure_and_the_table(smoke, tmp_path):
-    wd, out, shared = smoke
-    report = tmp_path / "report.html"
+@pytest.fixture(scope="module")
+def report(smoke, tmp_path_factory):
+    """The smoke run's `snakemake --report` page, built once."""
+    wd, _, shared = smoke
+    page = tmp_path_factory.mktemp("report") / "report.html"
     res = snakemake(
-        wd, "--configfile", "config/smoke.yaml", "--config", shared, "--report", str(report)
+        wd, "--configfile", "config/smoke.yaml", "--config", shared, "--report", str(page)
     )
     assert res.returncode == 0, res.stderr[-2000:]
+    return page
+
+
+def test_report_has_every_figure_and_the_table(report):
     html = report.read_text()
     for name in (
         "tower_fmnist.png",
@@ -304,16 +310,11 @@ Promise.all(figures.map(([key, r]) => new Promise(resolve => {
 """
 
 
-def test_report_renders_every_figure_and_the_whole_table_in_a_browser(smoke, tmp_path):
+def test_report_renders_every_figure_and_the_whole_table_in_a_browser(smoke, report):
     import yaml
     from selenium.webdriver.common.by import By
 
-    wd, out, shared = smoke
-    report = tmp_path / "report.html"
-    res = snakemake(
-        wd, "--configfile", "config/smoke.yaml", "--config", shared, "--report", str(report)
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    wd, out, _ = smoke
     browser = chromium_driver()
     try:
         browser.set_script_timeout(120)

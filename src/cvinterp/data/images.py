@@ -26,6 +26,15 @@ FASHION_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 
+# sha256 of the four Fashion-MNIST IDX files after gunzip: the content, whoever compressed it
+# (Debian re-gzips the upstream files, so the .gz hashes differ; the IDX bytes do not).
+FASHION_IDX_SHA256 = {
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",  # noqa: E501
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",  # noqa: E501
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
 
 class DataError(RuntimeError):
     """A dataset that cannot be found or read; the message says what to do."""
@@ -115,8 +124,6 @@ def fashion_mnist(folder: str | Path, split: str) -> ImageData:
                 "get_fashion_mnist rule (snakemake get_fashion_mnist), or "
                 "`apt-get install dataset-fashion-mnist`, or set datasets.fashion_mnist.dir"
             )
-    from cvinterp.data.fetch import FASHION_IDX_SHA256
-
     images = read_idx(folder / img_name, FASHION_IDX_SHA256[img_name])[..., None]
     labels = read_idx(folder / lab_name, FASHION_IDX_SHA256[lab_name]).astype(np.int64)
     return ImageData(images.copy(), labels, list(FASHION_CLASSES))

@@ -253,7 +253,7 @@ def fetch_torchvision_weights(arch: str, hub_dir: str | Path) -> Path:
     import torchvision
 
     weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
-    target = Path(hub_dir) / "checkpoints" / torchvision_weights_name(arch)
+    target = Path(hub_dir) / "checkpoints" / Path(weights.url).name  # torchvision_weights_name
     prefix = target.stem.rsplit("-", 1)[-1]
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
