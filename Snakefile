@@ -16,10 +16,9 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
-include: "workflow/rules/filters.smk"
-include: "workflow/rules/units.smk"
-include: "workflow/rules/dissection.smk"
-include: "workflow/rules/language.smk"
+include: "workflow/rules/one_unit.smk"
+include: "workflow/rules/all_units.smk"
+include: "workflow/rules/importance.smk"
 include: "workflow/rules/summary.smk"
 
 

@@ -56,7 +56,7 @@ from common import device_name, non_inplace_copy, print_table, resolve_device, t
 from torch import nn
 
 from cvinterp.instrument import Instrument
-from cvinterp.methods import actmax as am
+from cvinterp.methods.actmax import YOSINSKI_SETTINGS, Result, pixel_space, unit_objective, yosinski
 from cvinterp.models import Preprocessing
 
 ARCHS = ("alexnet", "squeezenet1_1")
@@ -121,9 +121,15 @@ def lucent_runs(lucent, twin, layer, units, size, mode, fft, device) -> dict[str
             return param.image(size, batch=batch, fft=fft, decorrelate=fft)
 
         return render.render_vis(
-            twin, objective, param_f, transforms=[], thresholds=(steps,), progress=False,
-            show_image=False, fixed_image_size=None if size >= 224 else size,
-        )[-1]  # fmt: skip
+            twin,
+            objective,
+            param_f,
+            transforms=[],
+            thresholds=(steps,),
+            progress=False,
+            show_image=False,
+            fixed_image_size=None if size >= 224 else size,
+        )[-1]
 
     def batched(steps: int) -> np.ndarray:
         torch.manual_seed(SEED)
@@ -149,7 +155,7 @@ def lucent_runs(lucent, twin, layer, units, size, mode, fft, device) -> dict[str
 def bench_arch(arch, device, n_units, steps, size, repeats, lucent, lucent_mode, fft) -> dict:
     model = build(arch, device)
     layer = LAYER[arch]
-    to_input, mean, bounds = am.pixel_space(Preprocessing(1.0, list(MEAN), list(STD)))
+    to_input, mean, bounds = pixel_space(Preprocessing(1.0, list(MEAN), list(STD)))
     mean, bounds = mean.to(device), tuple(b.to(device) for b in bounds)
     with torch.no_grad(), Instrument(model, [layer], stop_early=True) as ins:
         ins.forward(torch.zeros(1, 3, size, size, device=device))
@@ -157,19 +163,19 @@ def bench_arch(arch, device, n_units, steps, size, repeats, lucent, lucent_mode,
     if n_units > shape[0]:
         raise SystemExit(f"{arch} {layer} has {shape[0]} channels, fewer than --units {n_units}")
     units = torch.arange(n_units)
-    setting = am.YOSINSKI_SETTINGS[SETTING]
+    setting = YOSINSKI_SETTINGS[SETTING]
     g = torch.Generator().manual_seed(SEED)
     # Yosinski et al. start from the mean image plus noise: in pixel units, noise around 0
     start = (torch.randn(n_units, 3, size, size, generator=g) * 10).to(device)
-    batched_obj = am.unit_objective(model, layer, units, where="centre")
-    single_obj = [am.unit_objective(model, layer, units[i : i + 1]) for i in range(n_units)]
+    batched_obj = unit_objective(model, layer, units, where="centre")
+    single_obj = [unit_objective(model, layer, units[i : i + 1]) for i in range(n_units)]
 
-    def ours_batched(t: int) -> am.Result:
-        return am.yosinski(batched_obj, start, to_input, setting, bounds, iterations=t)
+    def ours_batched(t: int) -> Result:
+        return yosinski(batched_obj, start, to_input, setting, bounds, iterations=t)
 
-    def ours_loop(t: int) -> list[am.Result]:
+    def ours_loop(t: int) -> list[Result]:
         return [
-            am.yosinski(single_obj[i], start[i : i + 1], to_input, setting, bounds, iterations=t)
+            yosinski(single_obj[i], start[i : i + 1], to_input, setting, bounds, iterations=t)
             for i in range(n_units)
         ]
 
@@ -183,8 +189,8 @@ def bench_arch(arch, device, n_units, steps, size, repeats, lucent, lucent_mode,
     med, outs = race(runs, steps, device, repeats)
     wall = time.perf_counter() - t0
 
-    batched: am.Result = outs["ours batched"]
-    loop: list[am.Result] = outs["ours loop"]
+    batched: Result = outs["ours batched"]
+    loop: list[Result] = outs["ours loop"]
     loop_final = torch.cat([r.final for r in loop])
     loop_images = torch.cat([r.images for r in loop])
     diff = (batched.final - loop_final).abs().cpu()
@@ -224,10 +230,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--iterations", type=int, help="steps of each (default: cpu 10, cuda 50)")
     ap.add_argument("--size", type=int, help="image side (default: alexnet 224, squeezenet 227)")
     ap.add_argument("--repeats", type=int, help="timed repeats (default: cpu 1, cuda 3)")
-    ap.add_argument("--lucent", choices=LUCENT_MODES, default="batched",
-                    help="lucent: one batched call, one call per unit, both, or off")  # fmt: skip
-    ap.add_argument("--lucent-param", choices=["fft", "pixel"], default="fft",
-                    help="lucent's image parameterisation (default: its own, fft)")  # fmt: skip
+    ap.add_argument(
+        "--lucent",
+        choices=LUCENT_MODES,
+        default="batched",
+        help="lucent: one batched call, one call per unit, both, or off",
+    )
+    ap.add_argument(
+        "--lucent-param",
+        choices=["fft", "pixel"],
+        default="fft",
+        help="lucent's image parameterisation (default: its own, fft)",
+    )
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="alexnet, 4 units, 4 steps")
     ap.add_argument("--out", help="write the results as JSON here")
@@ -265,41 +279,65 @@ def main(argv: list[str] | None = None) -> dict:
         f"{steps} steps, median of {repeats} after a 2-step warm-up"
     )
     if lucent_version:
-        print(f"torch-lucent {lucent_version}: {args.lucent}, param.image {args.lucent_param}, "
-              "transforms=[], no resize, Adam lr 0.05 (its default); on a copy with "
-              "out-of-place ReLUs")  # fmt: skip
+        print(
+            f"torch-lucent {lucent_version}: {args.lucent}, param.image {args.lucent_param}, "
+            "transforms=[], no resize, Adam lr 0.05 (its default); on a copy with "
+            "out-of-place ReLUs"
+        )
     else:
         print(f"torch-lucent: unavailable ({lucent})")
 
     for arch in archs:
         size = args.size or SIZE[arch]
-        result["archs"][arch] = bench_arch(arch, device, n_units, steps, size, repeats, lucent,
-                                           args.lucent, args.lucent_param == "fft")  # fmt: skip
+        result["archs"][arch] = bench_arch(
+            arch,
+            device,
+            n_units,
+            steps,
+            size,
+            repeats,
+            lucent,
+            args.lucent,
+            args.lucent_param == "fft",
+        )
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    rows = [("arch", "layer", "method", "batch", "s total", "s/step/unit", "x batched",
-             "final act.")]  # fmt: skip
+    rows = [
+        ("arch", "layer", "method", "batch", "s total", "s/step/unit", "x batched", "final act.")
+    ]
     for arch, r in result["archs"].items():
         for name, s in r["seconds"].items():
             batch = str(r["units"]) if name.endswith("batched") else "1"
-            rows.append((arch, f"{r['layer']} @{r['size']}", name, batch, f"{s:.2f}",
-                         f"{r['seconds_per_step_per_unit'][name]:.4f}",
-                         f"{r['ratio_over_ours_batched'][name]:.2f}",
-                         f"{r['final_activation_mean'][name]:.4g}"))  # fmt: skip
+            rows.append(
+                (
+                    arch,
+                    f"{r['layer']} @{r['size']}",
+                    name,
+                    batch,
+                    f"{s:.2f}",
+                    f"{r['seconds_per_step_per_unit'][name]:.4f}",
+                    f"{r['ratio_over_ours_batched'][name]:.2f}",
+                    f"{r['final_activation_mean'][name]:.4g}",
+                )
+            )
     print_table(rows, left=3)
-    print("x batched: time over ours batched (loop/batched, lucent/batched); final act.: mean "
-          "over units of the centre activation at the end (start "
-          + ", ".join(f"{a} {r['start_activation_mean']:.3g}" for a, r in result["archs"].items())
-          + "); lucent's images scored by our objective")  # fmt: skip
+    print(
+        "x batched: time over ours batched (loop/batched, lucent/batched); final act.: mean "
+        "over units of the centre activation at the end (start "
+        + ", ".join(f"{a} {r['start_activation_mean']:.3g}" for a, r in result["archs"].items())
+        + "); lucent's images scored by our objective"
+    )
     for arch, r in result["archs"].items():
-        print(f"{arch}: batched vs loop, |diff| of final activations max "
-              f"{r['batched_vs_loop_max_abs_diff_final']:.2e}, median "
-              f"{r['batched_vs_loop_median_abs_diff_final']:.2e} (max |activation| "
-              f"{r['batched_vs_loop_max_abs_final']:.2e}; "
-              f"{r['batched_vs_loop_units_over_1e-5']}/{r['units']} units differ by more than "
-              f"1e-5 of it); max |diff| of images (0-255 scale) "
-              f"{r['batched_vs_loop_max_abs_diff_images']:.2e}")  # fmt: skip
+        print(
+            f"{arch}: batched vs loop, |diff| of final activations max "
+            f"{r['batched_vs_loop_max_abs_diff_final']:.2e}, median "
+            f"{r['batched_vs_loop_median_abs_diff_final']:.2e} (max |activation| "
+            f"{r['batched_vs_loop_max_abs_final']:.2e}; "
+            f"{r['batched_vs_loop_units_over_1e-5']}/{r['units']} units differ by more than "
+            f"1e-5 of it); max |diff| of images (0-255 scale) "
+            f"{r['batched_vs_loop_max_abs_diff_images']:.2e}"
+        )
 
     if args.out:
         write_json(result, args.out)

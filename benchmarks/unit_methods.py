@@ -13,14 +13,13 @@ For each architecture (torchvision, weights=None, seeded random init, eval mode)
   Captum `GuidedBackprop(model_copy).attribute(x, target=classes)`
   Captum's GuidedBackprop hooks ReLU *modules* and is only right when they run out of place, so
   it gets a deep copy of the model with `inplace=False` on every nn.ReLU. Ours runs on the
-  original (in-place ReLUs; the instrument runs them out of place itself).
+  original (in-place ReLUs, which the instrument catches at the function level).
 - occlusion of one image (p(true class) for every position of a zero = mean-grey square):
-  ours   `occlusion(model, x, c, last_conv, window=w, stride=s, batch_size=B)`
+  ours   `occlusion(model, x, target=c, layer=last_conv, window=w, stride=s, batch_size=B)`
   Captum `Occlusion(softmax(model)).attribute(x, sliding_window_shapes=(3, w, w),
          strides=(3, s, s), baselines=0, target=c, perturbations_per_eval=B)`
   Ours also records the last conv layer and keeps the label and feature maps: that work is part
-  of its time. Both run under torch.no_grad (ours cannot run under inference_mode: the instrument
-  reads tensor version counters).
+  of its time. Both run under torch.no_grad.
 
 Every measurement: untimed warm-up runs first (occlusion's on a coarse grid, stride = window),
 then R repeats with ours and Captum interleaved, CUDA synchronised around each, the median time
@@ -151,7 +150,13 @@ def bench_occlusion(model, arch, x1, window, stride, occ_batch, repeats, warmup,
 
     def run_ours(stride):
         return occlusion(
-            model, x1, c, LAST_CONV[arch], window=window, stride=stride, batch_size=occ_batch
+            model,
+            x1,
+            target=c,
+            layer=LAST_CONV[arch],
+            window=window,
+            stride=stride,
+            batch_size=occ_batch,
         )
 
     runs = {"ours": lambda: run_ours(stride), "captum": lambda: run_captum(stride)}
@@ -243,14 +248,29 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [("arch", "method", "unit", "ours", "captum", "ours/captum", "rel. diff")]
     for arch, r in result["archs"].items():
         gb, oc = r["guided_backprop"], r["occlusion"]
-        rows.append((arch, "guided backprop", "images/s", f"{gb['ours_images_per_s']:.2f}",
-                     f"{gb['captum_images_per_s']:.2f}", f"{gb['ratio_ours_over_captum']:.2f}",
-                     f"{gb['max_abs_diff_rel']:.1e}"))  # fmt: skip
+        rows.append(
+            (
+                arch,
+                "guided backprop",
+                "images/s",
+                f"{gb['ours_images_per_s']:.2f}",
+                f"{gb['captum_images_per_s']:.2f}",
+                f"{gb['ratio_ours_over_captum']:.2f}",
+                f"{gb['max_abs_diff_rel']:.1e}",
+            )
+        )
         agree = "n/a" if oc["max_abs_diff_rel"] is None else f"{oc['max_abs_diff_rel']:.1e}"
-        rows.append((arch, f"occlusion {oc['window']}/{oc['stride']} x{oc['positions_ours']}",
-                     "windows/s", f"{oc['ours_windows_per_s']:.1f}",
-                     f"{oc['captum_windows_per_s']:.1f}", f"{oc['ratio_ours_over_captum']:.2f}",
-                     agree))  # fmt: skip
+        rows.append(
+            (
+                arch,
+                f"occlusion {oc['window']}/{oc['stride']} x{oc['positions_ours']}",
+                "windows/s",
+                f"{oc['ours_windows_per_s']:.1f}",
+                f"{oc['captum_windows_per_s']:.1f}",
+                f"{oc['ratio_ours_over_captum']:.2f}",
+                agree,
+            )
+        )
     print_table(rows, left=3)
     print(f"occlusion: one image, batch {occ_batch} positions per forward pass")
 

@@ -410,24 +410,38 @@ def test_features_go_to_the_host_when_they_do_not_fit_and_results_are_the_same()
 
 
 def _summary(images, mean, mean_abs, max_drop, class_drop, rho_overall, rho_class):
-    return {"summary": {
-        "images": images, "mean_overall_drop": mean, "mean_abs_overall_drop": mean_abs,
-        "max_overall_drop": max_drop, "mean_max_class_drop": class_drop,
-        "spearman_selectivity_overall": rho_overall, "spearman_selectivity_class": rho_class,
-    }}  # fmt: skip
+    return {
+        "summary": {
+            "images": images,
+            "mean_overall_drop": mean,
+            "mean_abs_overall_drop": mean_abs,
+            "max_overall_drop": max_drop,
+            "mean_max_class_drop": class_drop,
+            "spearman_selectivity_overall": rho_overall,
+            "spearman_selectivity_class": rho_class,
+        }
+    }
+
+
+def _claims(per_model: dict) -> dict:
+    """The ablation experiment's claims from per-model results."""
+    from cvinterp.experiments import ablation
+    from cvinterp.experiments.common import Computed
+
+    return ablation.claims(Computed({"models": per_model}))
 
 
 def test_claims_on_hand_made_summaries():
-    from cvinterp.importance_experiments import _claims
-
     per_model = {
         "a": {"layers": {"conv5": _summary(1000, 0.002, 0.01, 0.01, 0.05, 0.1, 0.5)}},
-        "b": {"layers": {
-            # |overall| below one image's worth (1/50): the ratio's floor
-            "fc1": _summary(50, -0.001, 0.001, 0.004, 0.2, 0.3, 0.2),
-            "fc2": _summary(200, 0.01, 0.01, 0.05, 0.2, 0.1, 0.4),
-        }},
-    }  # fmt: skip
+        "b": {
+            "layers": {
+                # |overall| below one image's worth (1/50): the ratio's floor
+                "fc1": _summary(50, -0.001, 0.001, 0.004, 0.2, 0.3, 0.2),
+                "fc2": _summary(200, 0.01, 0.01, 0.05, 0.2, 0.1, 0.4),
+            }
+        },
+    }
     claims = _claims(per_model)
     # the largest mean overall drop, in points: fc2's 1.0
     assert claims["single_unit_overall_drop_small"]["value"] == pytest.approx(1.0)
@@ -449,11 +463,12 @@ def test_claims_on_hand_made_summaries():
 
 
 def test_claims_without_layers_are_not_available():
-    from cvinterp.importance_experiments import _claims
-
     claims = _claims({})
-    assert set(claims) == {"single_unit_overall_drop_small", "class_drop_much_larger",
-                           "selectivity_predicts_class_drop"}  # fmt: skip
+    assert set(claims) == {
+        "single_unit_overall_drop_small",
+        "class_drop_much_larger",
+        "selectivity_predicts_class_drop",
+    }
     assert all("na" in c and "value" not in c for c in claims.values())
     assert _claims({"m": {"layers": {}}}) == claims
 
@@ -462,10 +477,10 @@ def test_an_imagenet_net_without_a_validation_folder_is_a_clear_error():
     from types import SimpleNamespace
 
     from cvinterp.data.images import DataError
-    from cvinterp.importance_experiments import _labelled
-    from cvinterp.unit_experiments import Probe
+    from cvinterp.experiments.ablation import labelled
+    from cvinterp.experiments.common import Probe
 
     net = SimpleNamespace(imagenet=True, name="alexnet", size=224)
     probe = Probe(datasets={"imagenet_val": {"dir": None}})
     with pytest.raises(DataError, match=r"alexnet needs labelled ImageNet.*imagenet_val\.dir"):
-        _labelled(net, probe, None)
+        labelled(net, probe, None)

@@ -16,9 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvinterp.methods import actmax as am
 from cvinterp.methods import embedding as emb
 from cvinterp.methods import inversion as inv
+from cvinterp.methods.actmax import (
+    YOSINSKI_SETTINGS,
+    erhan,
+    gaussian_blur,
+    pairwise_correlation,
+    unit_objective,
+    yosinski,
+)
 from cvinterp.models import IMAGENET_RGB, Preprocessing
 
 
@@ -43,7 +50,7 @@ def identity(x: torch.Tensor) -> torch.Tensor:
 def smooth_images(n: int, size: int, seed: int, contrast: float = 6.0) -> torch.Tensor:
     """Structured images in [0, 1]: blurred noise through a sigmoid."""
     noise = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-    return torch.sigmoid(contrast * am.gaussian_blur(noise, 1.5))
+    return torch.sigmoid(contrast * gaussian_blur(noise, 1.5))
 
 
 # --- activation maximisation ------------------------------------------------------------------
@@ -52,11 +59,11 @@ def smooth_images(n: int, size: int, seed: int, contrast: float = 6.0) -> torch.
 def test_yosinski_raises_the_objective_of_every_conv_unit():
     model = conv_net()
     units = torch.arange(6)
-    objective = am.unit_objective(model, "2", units, where="centre")
+    objective = unit_objective(model, "2", units, where="centre")
     torch.manual_seed(1)
     start = torch.randn(6, 3, 12, 12) * 10  # pixel units: noise around the mean image
-    setting = dataclasses.replace(am.YOSINSKI_SETTINGS[3], iterations=30)
-    res = am.yosinski(objective, start, identity, setting)
+    setting = dataclasses.replace(YOSINSKI_SETTINGS[3], iterations=30)
+    res = yosinski(objective, start, identity, setting)
     assert res.images.shape == start.shape
     assert (res.final - res.start > 5).all(), (res.start, res.final)
     assert (res.final > 2 * res.start.abs()).all(), (res.start, res.final)
@@ -68,7 +75,7 @@ def test_yosinski_raises_the_objective_of_every_conv_unit():
     torch.testing.assert_close(res.start, at_start)
     assert res.settings["iterations"] == 30 and res.settings["decay"] == 1e-4
     # the `iterations` argument overrides the setting's
-    short = am.yosinski(objective, start, identity, am.YOSINSKI_SETTINGS[3], iterations=2)
+    short = yosinski(objective, start, identity, YOSINSKI_SETTINGS[3], iterations=2)
     assert short.settings["iterations"] == 2
 
 
@@ -76,21 +83,28 @@ def test_yosinski_raises_the_objective_of_every_conv_unit():
 @pytest.mark.parametrize("layer", ["2", None])
 def test_yosinski_batched_equals_one_unit_at_a_time(k, layer):
     model = conv_net()
-    setting = dataclasses.replace(am.YOSINSKI_SETTINGS[k], iterations=30)
+    setting = dataclasses.replace(YOSINSKI_SETTINGS[k], iterations=30)
     units = torch.tensor([0, 1, 2])
     torch.manual_seed(1)
     start = torch.randn(3, 3, 12, 12) * 10
     bounds = (torch.full((1, 3, 1, 1), -60.0), torch.full((1, 3, 1, 1), 60.0))
-    batch = am.yosinski(am.unit_objective(model, layer, units), start, identity, setting, bounds)
+    batch = yosinski(unit_objective(model, layer, units), start, identity, setting, bounds)
     alone = [
-        am.yosinski(am.unit_objective(model, layer, units[i : i + 1]), start[i : i + 1],
-                    identity, setting, bounds)
+        yosinski(
+            unit_objective(model, layer, units[i : i + 1]),
+            start[i : i + 1],
+            identity,
+            setting,
+            bounds,
+        )
         for i in range(3)
-    ]  # fmt: skip
-    torch.testing.assert_close(batch.images, torch.cat([a.images for a in alone]),
-                               rtol=1e-5, atol=1e-4)  # fmt: skip
-    torch.testing.assert_close(batch.final, torch.cat([a.final for a in alone]),
-                               rtol=1e-5, atol=1e-4)  # fmt: skip
+    ]
+    torch.testing.assert_close(
+        batch.images, torch.cat([a.images for a in alone]), rtol=1e-5, atol=1e-4
+    )
+    torch.testing.assert_close(
+        batch.final, torch.cat([a.final for a in alone]), rtol=1e-5, atol=1e-4
+    )
     # the clipping did act, per image: at least its percentile of pixels is zero
     pct = setting.norm_pct or setting.contrib_pct
     zero = (batch.images == 0).all(1).flatten(1).float().mean(1)
@@ -109,9 +123,9 @@ def test_yosinski_settings_are_table_1():
         4: dict(decay=0.0, blur_every=4, blur_radius=0.5, norm_pct=0, contrib_pct=90,
                 iterations=1000),
     }  # fmt: skip
-    assert sorted(am.YOSINSKI_SETTINGS) == [1, 2, 3, 4]
+    assert sorted(YOSINSKI_SETTINGS) == [1, 2, 3, 4]
     for k, values in expected.items():
-        got = dataclasses.asdict(am.YOSINSKI_SETTINGS[k])
+        got = dataclasses.asdict(YOSINSKI_SETTINGS[k])
         assert {key: got[key] for key in values} == values, k
 
 
@@ -119,7 +133,7 @@ def test_erhan_stays_on_the_sphere():
     model = conv_net()
     units = torch.tensor([0, 3, 5, 1])
     start = torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(2))
-    res = am.erhan(am.unit_objective(model, "2", units), start, rho=9.0, iterations=20)
+    res = erhan(unit_objective(model, "2", units), start, rho=9.0, iterations=20)
     norms = res.images.flatten(1).norm(dim=1)
     torch.testing.assert_close(norms, torch.full((4,), 9.0), rtol=1e-4, atol=0)
     assert res.final.mean() > res.start.mean()
@@ -132,14 +146,14 @@ def test_erhan_on_a_linear_unit_finds_the_normalised_weight_row():
     rho = 7.0
     units = torch.tensor([0, 1, 2]).repeat_interleave(4)  # 4 random starts per unit
     start = torch.rand(12, 3, 6, 6, generator=torch.Generator().manual_seed(1))
-    res = am.erhan(am.unit_objective(model, "1", units), start, rho=rho, iterations=200)
+    res = erhan(unit_objective(model, "1", units), start, rho=rho, iterations=200)
     w, b = model[1].weight.detach()[units], model[1].bias.detach()[units]
     cos = F.cosine_similarity(res.images.flatten(1), w, dim=1)
     assert (cos > 0.999).all(), cos
     # the maximum of w.x + b on the sphere: rho |w| + b
     torch.testing.assert_close(res.final, rho * w.norm(dim=1) + b, rtol=1e-4, atol=1e-4)
-    within, between = am.pairwise_correlation(res.images, units)
-    start_within, _ = am.pairwise_correlation(start, units)
+    within, between = pairwise_correlation(res.images, units)
+    start_within, _ = pairwise_correlation(start, units)
     assert within > 0.999 and start_within < 0.2
     assert between < 0.2
 
@@ -152,32 +166,32 @@ def test_gaussian_blur_matches_scipy_keeps_constants_and_mass():
     for sigma in (0.5, 1.0, 2.0):
         r = max(1, math.ceil(3 * sigma))
         ref = gaussian_filter(x.numpy(), (0, 0, sigma, sigma), mode="mirror", radius=(0, 0, r, r))
-        np.testing.assert_allclose(am.gaussian_blur(x, sigma).numpy(), ref, atol=1e-12)
+        np.testing.assert_allclose(gaussian_blur(x, sigma).numpy(), ref, atol=1e-12)
     const = torch.full((1, 3, 9, 9), 3.25, dtype=torch.float64)
-    torch.testing.assert_close(am.gaussian_blur(const, 1.0), const, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gaussian_blur(const, 1.0), const, rtol=0, atol=1e-12)
     # mass is kept when the blurred image stays off the (reflected) border
     inner = torch.zeros(1, 3, 12, 12, dtype=torch.float64)
     inner[..., 4:8, 4:8] = torch.rand(1, 3, 4, 4, dtype=torch.float64)
-    assert float(am.gaussian_blur(inner, 1.0).sum()) == pytest.approx(float(inner.sum()), 1e-12)
-    assert am.gaussian_blur(x, 1.0).var() < 0.2 * x.var()
-    assert am.gaussian_blur(x, 0.0) is x
+    assert float(gaussian_blur(inner, 1.0).sum()) == pytest.approx(float(inner.sum()), 1e-12)
+    assert gaussian_blur(x, 1.0).var() < 0.2 * x.var()
+    assert gaussian_blur(x, 0.0) is x
 
 
 def test_unit_objective():
     model = conv_net()
     with pytest.raises(ValueError, match="where"):
-        am.unit_objective(model, "2", torch.tensor([0]), where="max")
+        unit_objective(model, "2", torch.tensor([0]), where="max")
     torch.manual_seed(3)
     x = torch.randn(3, 3, 12, 12)
     units = torch.tensor([4, 0, 2])
     with torch.no_grad():
         logits, conv = model(x), model[:3](x)
         rows = torch.arange(3)
-        torch.testing.assert_close(am.unit_objective(model, "6", units)(x), logits[rows, units])
-        torch.testing.assert_close(am.unit_objective(model, None, units)(x), logits[rows, units])
-        centre = am.unit_objective(model, "2", units, where="centre")(x)
+        torch.testing.assert_close(unit_objective(model, "6", units)(x), logits[rows, units])
+        torch.testing.assert_close(unit_objective(model, None, units)(x), logits[rows, units])
+        centre = unit_objective(model, "2", units, where="centre")(x)
         torch.testing.assert_close(centre, conv[rows, units, 6, 6])
-        mean = am.unit_objective(model, "2", units, where="mean")(x)
+        mean = unit_objective(model, "2", units, where="mean")(x)
         torch.testing.assert_close(mean, conv[rows, units].mean((1, 2)))
 
 
@@ -194,8 +208,16 @@ def test_tsne_runs_opentsne_with_the_papers_schedule(monkeypatch):
 
     def record_optimize(self, n_iter, **kwargs):
         out = optimize(self, n_iter, **kwargs)
-        calls.append(dict(n_iter=n_iter, **kwargs, start=np.array(self), self=self, out=out,
-                          params=dict(self.gradient_descent_params)))  # fmt: skip
+        calls.append(
+            dict(
+                n_iter=n_iter,
+                **kwargs,
+                start=np.array(self),
+                self=self,
+                out=out,
+                params=dict(self.gradient_descent_params),
+            )
+        )
         return out
 
     def record_affinity(data, **kwargs):
@@ -289,8 +311,12 @@ def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_inversion_of_the_identity_gives_the_image_back():
-    img = F.interpolate(torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)),
-                        size=16, mode="bilinear", align_corners=False)  # fmt: skip
+    img = F.interpolate(
+        torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)),
+        size=16,
+        mode="bilinear",
+        align_corners=False,
+    )
     kw = dict(size=16, channels=3, generator=GENERATOR, lr=0.01, input_depth=8)
     start = inv.dip_invert(nn.Identity(), identity, [img], [None], iterations=0, **kw)
     dip = inv.dip_invert(nn.Identity(), identity, [img], [None], iterations=200, **kw)
@@ -298,17 +324,18 @@ def test_inversion_of_the_identity_gives_the_image_back():
     assert rmse(dip.images, img) < 0.03 and rmse(dip.images, img) < rmse(start.images, img) / 5
     torch.testing.assert_close(dip.feature_error, inv.relative_error(dip.images, img))
     assert dip.history[0] > 10 * dip.history[-1]
-    tv = inv.tv_invert(nn.Identity(), identity, [img], [None], 16, 3, iterations=200,
-                       tv_weight=0.0)  # fmt: skip
-    tv_start = inv.tv_invert(nn.Identity(), identity, [img], [None], 16, 3, iterations=0,
-                             tv_weight=0.0)  # fmt: skip
+    tv = inv.tv_invert(nn.Identity(), identity, [img], [None], 16, 3, iterations=200, tv_weight=0.0)
+    tv_start = inv.tv_invert(
+        nn.Identity(), identity, [img], [None], 16, 3, iterations=0, tv_weight=0.0
+    )
     assert rmse(tv.images, img) < 0.015 and rmse(tv.images, img) < rmse(tv_start.images, img) / 10
 
 
 def test_inversions_are_independent_of_each_other():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU()).eval()  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU()
+    ).eval()
     imgs = smooth_images(2, 16, seed=1)
     with torch.no_grad():
         conv1 = inv.features(model, imgs[:1], ["1"])[0]
@@ -344,8 +371,9 @@ def test_skipnet_and_usable_levels():
     # dip_invert drops the levels itself
     img = smooth_images(1, 28, seed=0)
     gen = {"channels": six, "kernels": [3, 3, 3, 3, 5, 5], "skip": 2}
-    out = inv.dip_invert(nn.Identity(), identity, [img], [None], 28, 3, generator=gen,
-                         iterations=1, input_depth=4)  # fmt: skip
+    out = inv.dip_invert(
+        nn.Identity(), identity, [img], [None], 28, 3, generator=gen, iterations=1, input_depth=4
+    )
     assert out.images.shape == (1, 3, 28, 28)
 
 
@@ -354,11 +382,12 @@ def test_total_variation_and_relative_error():
     assert (inv.total_variation(const) < 1e-7).all()
     ramp = (torch.arange(8.0) * 0.1).expand(1, 3, 8, 8)  # dx = 0.1, dy = 0
     torch.testing.assert_close(inv.total_variation(ramp), torch.tensor([0.01]), rtol=1e-5, atol=0)
-    torch.testing.assert_close(inv.total_variation(ramp, beta=1.0), torch.tensor([0.1]),
-                               rtol=1e-4, atol=0)  # fmt: skip
+    torch.testing.assert_close(
+        inv.total_variation(ramp, beta=1.0), torch.tensor([0.1]), rtol=1e-4, atol=0
+    )
     noise = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     assert (inv.total_variation(noise) > 0.05).all()
-    assert (inv.total_variation(noise) > inv.total_variation(am.gaussian_blur(noise, 1.0))).all()
+    assert (inv.total_variation(noise) > inv.total_variation(gaussian_blur(noise, 1.0))).all()
     torch.testing.assert_close(inv.relative_error(noise, noise), torch.zeros(2))
     torch.testing.assert_close(inv.relative_error(2 * noise, noise), torch.ones(2))
     both = torch.stack([noise[0], 2 * noise[1]])
@@ -373,9 +402,14 @@ def test_decoders_and_their_training():
         assert y.shape == (n, 3, 28, 28) and (y > 0).all() and (y < 1).all()
 
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10),
-    ).eval()  # fmt: skip
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, 10),
+    ).eval()
     model.requires_grad_(False)
     imgs = smooth_images(160, 16, seed=1)
     train, test = imgs[:128], imgs[128:]
@@ -385,10 +419,12 @@ def test_decoders_and_their_training():
         "perceptual": inv.LossWeights(pixel=1, feature=0.1, adversarial=0.01),
     }
     kw = dict(size=16, channels=3, lr=1e-2, width=8, seed=0, device="cpu")
-    trained = inv.train_inverters(model, identity, lambda: train.split(16), layers, losses,
-                                  epochs=3, **kw)  # fmt: skip
-    fresh = inv.train_inverters(model, identity, lambda: train.split(16), layers, losses,
-                                epochs=0, **kw)  # fmt: skip
+    trained = inv.train_inverters(
+        model, identity, lambda: train.split(16), layers, losses, epochs=3, **kw
+    )
+    fresh = inv.train_inverters(
+        model, identity, lambda: train.split(16), layers, losses, epochs=0, **kw
+    )
     assert set(trained) == {(n, loss) for n in layers for loss in losses}
     assert not any(d.training for d in trained.values())
     # epochs=0 gives the initial decoders: seeded, in (layer, loss) order
@@ -397,9 +433,13 @@ def test_decoders_and_their_training():
     torch.testing.assert_close(manual.state_dict(), fresh["conv2", "pixel"].state_dict())
     with torch.no_grad():
         feats = dict(zip(layers, inv.features(model, test, list(layers.values())), strict=True))
-        err = {key: {name: float(F.mse_loss(dec[key](feats[key[0]]), test))
-                     for name, dec in (("before", fresh), ("after", trained))}
-               for key in trained}  # fmt: skip
+        err = {
+            key: {
+                name: float(F.mse_loss(dec[key](feats[key[0]]), test))
+                for name, dec in (("before", fresh), ("after", trained))
+            }
+            for key in trained
+        }
     mean_image = float(F.mse_loss(train.mean(0, keepdim=True).expand_as(test), test))
     conv = err["conv2", "pixel"]
     assert conv["after"] < 0.9 * conv["before"] and conv["after"] < 0.9 * mean_image, err

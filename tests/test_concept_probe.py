@@ -311,23 +311,20 @@ def load(profile):
     [
         (lambda d: d.update(iou_threshold=2), r"'experiments\.dissection\.iou_threshold'"),
         (lambda d: d.update(quantile=0), r"'experiments\.dissection\.quantile'"),
-        (lambda d: d.update(probe="imagenet"), r"'experiments\.dissection\.probe'"),
+        (lambda d: d.update(dataset="imagenet"), r"'experiments\.dissection\.dataset'"),
         (
-            lambda d: d.update(references={"tower_photos": {"conv2": {"trained": "x"}}}),
-            r"'experiments\.dissection\.references\.tower_photos\.conv2'.*must also be listed",
+            lambda d: d["models"]["tower_photos"].update(references={"conv2": {"trained": "x"}}),
+            r"'experiments\.dissection\.models\.tower_photos\.references\.conv2'.*must also be "
+            "listed",
         ),
         (
-            lambda d: d.update(references={"vgg16": {"conv5_3": {"trained": "x"}}}),
-            r"'experiments\.dissection\.references\.vgg16\.conv5_3'",
+            lambda d: d["models"].update(vgg16={"layers": ["conv5_3"]}),
+            r"'experiments\.dissection\.models\.vgg16' names model 'vgg16'",
         ),
         (
-            lambda d: d["layers"]["squeezenet"].append("fire10"),
-            r"experiments\.dissection\.layers\.squeezenet.*'fire10' is not a named layer "
+            lambda d: d["models"]["squeezenet"]["layers"].append("fire10"),
+            r"experiments\.dissection\.models\.squeezenet.*'fire10' is not a named layer "
             "of squeezenet1_1",
-        ),
-        (
-            lambda d: d["layers"].update(vgg99=["conv1"]),
-            r"experiments\.dissection\.layers\.vgg99' names model 'vgg99'",
         ),
     ],
 )
@@ -341,9 +338,12 @@ def test_bad_dissection_settings_are_named(edit, message):
 
 def test_references_to_listed_layers_are_accepted():
     cfg = load("config")
-    cfg["experiments"]["dissection"]["references"] = {"tower_photos": {"conv5": {"trained": "x"}}}
-    ref = resolve(cfg, SCHEMA)["experiments"]["dissection"]["references"]
-    assert ref == {"tower_photos": {"conv5": {"trained": "x", "same_weights": False}}}
+    cfg["experiments"]["dissection"]["models"]["tower_photos"]["references"] = {
+        "conv5": {"trained": "x"}
+    }
+    d = resolve(cfg, SCHEMA)["experiments"]["dissection"]
+    ref = d["models"]["tower_photos"]["references"]
+    assert ref == {"conv5": {"trained": "x", "same_weights": False}}
 
 
 def test_dissection_and_probe_defaults_are_filled_in():
@@ -352,7 +352,7 @@ def test_dissection_and_probe_defaults_are_filled_in():
         assert key not in raw["experiments"]["dissection"], key
     d = resolve(raw, SCHEMA)["experiments"]["dissection"]
     assert (d["quantile"], d["iou_threshold"], d["random_copies"]) == (0.005, 0.04, True)
-    assert d["references"] == {}
+    assert all(m["references"] == {} for m in d["models"].values())
     cfg = load("config")
     del cfg["datasets"]["concept_probe"]
     assert resolve(cfg, SCHEMA)["datasets"]["concept_probe"] == {"images": 1000, "size": 224}
@@ -371,10 +371,12 @@ def test_references_must_name_released_results():
     released = yaml.safe_load((ROOT / "config" / "netdissect" / "released.yaml").read_text())
     paper = resolve(load("paper"), SCHEMA)
     check_released_references(paper, released)  # the paper profile's references exist
-    paper["experiments"]["dissection"]["references"]["alexnet"]["conv5"]["random"] = "nope"
-    with pytest.raises(ConfigError, match=r"references\.alexnet\.conv5\.random'.*'nope'"):
+    models = paper["experiments"]["dissection"]["models"]
+    models["alexnet"]["references"]["conv5"]["random"] = "nope"
+    with pytest.raises(ConfigError, match=r"alexnet\.references\.conv5\.random'.*'nope'"):
         check_released_references(paper, released)
+    models["alexnet"]["references"] = {}
     ref = {"trained": "vgg16_imagenet_conv5_3", "same_weights": True}
-    paper["experiments"]["dissection"]["references"] = {"vgg16": {"conv5_3": ref}}
+    models["vgg16"]["references"] = {"conv5_3": ref}
     with pytest.raises(ConfigError, match="no per-unit labels"):
         check_released_references(paper, released)

@@ -68,18 +68,29 @@ def test_trained_model_needs_a_dataset():
 
 def test_experiment_must_name_defined_models():
     cfg = load("smoke")
-    cfg["experiments"]["filters"]["models"].append("vgg99")
-    with pytest.raises(ConfigError, match="names model 'vgg99'"):
+    cfg["experiments"]["filters"]["models"]["vgg99"] = {}
+    with pytest.raises(ConfigError, match=r"'experiments\.filters\.models\.vgg99' names model"):
         resolve(cfg, SCHEMA)
+
+
+def test_every_experiment_has_the_same_shape():
+    """`models` (model -> its settings in the experiment), then the experiment's settings."""
+    for profile in ("config", "paper", "smoke"):
+        for name, exp in resolve(load(profile), SCHEMA)["experiments"].items():
+            assert isinstance(exp["models"], dict) and exp["models"], (profile, name)
+            assert all(isinstance(s, dict) for s in exp["models"].values()), (profile, name)
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda e: e["top_images"]["layers"].update(vgg99=["conv1"]), "names model 'vgg99'"),
         (
-            lambda e: e["deconvnet"]["layers"]["tower_fmnist"].append("conv9"),
-            r"experiments\.deconvnet\.layers\.tower_fmnist.*'conv9' is not a named layer "
+            lambda e: e["top_images"]["models"].update(vgg99={"layers": ["conv1"]}),
+            "names model 'vgg99'",
+        ),
+        (
+            lambda e: e["deconvnet"]["models"]["tower_fmnist"]["layers"].append("conv9"),
+            r"experiments\.deconvnet\.models\.tower_fmnist.*'conv9' is not a named layer "
             "of two_tower_alexnet",
         ),
         (
@@ -96,29 +107,43 @@ def test_experiment_must_name_defined_models():
         ),
         (
             lambda e: e["actmax"]["erhan"].update(model="vgg99"),
-            r"experiments\.actmax\.erhan\.model' names model 'vgg99'",
+            r"'experiments\.actmax\.erhan\.model': 'vgg99' must also be listed",
         ),
         (
-            lambda e: e["actmax"]["yosinski"].update(layer="fc8"),
-            r"experiments\.actmax\.yosinski\.model.*'fc8' is not a named layer of squeezenet1_1",
+            lambda e: e["actmax"]["models"]["squeezenet"].update(layer="fc8"),
+            r"experiments\.actmax\.models\.squeezenet.*'fc8' is not a named layer of squeezenet1_1",
         ),
         (
-            lambda e: e["embedding"]["layers"]["allcnn_fmnist"].append("input"),
-            r"experiments\.embedding\.layers\.allcnn_fmnist.*'input' is not a named layer",
+            lambda e: e["actmax"]["models"]["mlp_mnist"].pop("layers"),
+            r"'experiments\.actmax\.models\.mlp_mnist\.layers': Erhan et al\.'s units",
         ),
         (
-            lambda e: e["inversion_dip"]["sizes"].update(allcnn_fmnist=32),
-            r"'experiments\.inversion_dip\.sizes\.allcnn_fmnist'.*must also be listed",
+            lambda e: e["embedding"]["models"]["allcnn_fmnist"].update(layer="input"),
+            r"experiments\.embedding\.models\.allcnn_fmnist.*'input' is not a named layer",
         ),
         (
-            lambda e: e["inversion_learned"]["layers"].update(tower_fmnist=["pool5"]),
-            r"experiments\.inversion_learned\.layers\.tower_fmnist.*'pool5'",
+            lambda e: e["inversion_learned"]["models"]["tower_fmnist"].update(layers=["pool5"]),
+            r"experiments\.inversion_learned\.models\.tower_fmnist.*'pool5'",
+        ),
+        (
+            lambda e: e["inversion_learned"].update(losses={"pixel": {}, "l1": {"pixel": 1}}),
+            None,  # a second loss besides pixel: fine
+        ),
+        (
+            lambda e: e["dissection"]["models"]["squeezenet"].update(
+                references={"fire5": {"trained": "caffenet_imagenet_conv5"}}
+            ),
+            r"'experiments\.dissection\.models\.squeezenet\.references\.fire5'.*must also be "
+            "listed in its 'layers'",
         ),
     ],
 )
 def test_unit_experiments_must_name_defined_models_and_layers(edit, message):
     cfg = load("smoke")
     edit(cfg["experiments"])
+    if message is None:
+        resolve(cfg, SCHEMA)
+        return
     with pytest.raises(ConfigError, match=message):
         resolve(cfg, SCHEMA)
 
@@ -142,22 +167,30 @@ def test_all_unit_experiment_settings_are_checked():
     with pytest.raises(ConfigError) as err:
         resolve(cfg, SCHEMA)
     text = str(err.value)
-    for key in ("actmax.yosinski.settings", "actmax.erhan.starts", "embedding.tsne.perplexty",
-                "inversion_learned.losses"):  # fmt: skip
+    keys = [
+        "actmax.yosinski.settings",
+        "actmax.erhan.starts",
+        "embedding.tsne.perplexty",
+        "inversion_learned.losses",
+    ]
+    for key in keys:
         assert f"experiments.{key}" in text, key
 
 
 def test_identity_layer_is_only_for_inversion_and_defaults_are_the_papers():
     cfg = resolve(load("config"), SCHEMA)["experiments"]
-    assert "input" in cfg["inversion_dip"]["layers"]["tower_fmnist"]
+    assert "input" in cfg["inversion_dip"]["models"]["tower_fmnist"]["layers"]
     tsne = cfg["embedding"]["tsne"]
     assert (tsne["perplexity"], tsne["learning_rate"], tsne["early_exaggeration"]) == (40, 100, 4)
-    assert (tsne["exaggeration_iterations"], tsne["momentum_switch"], tsne["iterations"]) == (
-        50, 250, 1000,
-    )  # fmt: skip
+    schedule = (tsne["exaggeration_iterations"], tsne["momentum_switch"], tsne["iterations"])
+    assert schedule == (50, 250, 1000)
     gen = cfg["inversion_dip"]["generator"]
-    assert gen == {"channels": [16, 32, 64, 128, 128, 128], "kernels": [7, 7, 5, 5, 3, 3],
-                   "skip": 4, "input_depth": 32}  # fmt: skip
+    assert gen == {
+        "channels": [16, 32, 64, 128, 128, 128],
+        "kernels": [7, 7, 5, 5, 3, 3],
+        "skip": 4,
+        "input_depth": 32,
+    }
     assert cfg["inversion_dip"]["lr"] == 0.001
     paper = resolve(load("paper"), SCHEMA)["experiments"]
     assert paper["inversion_dip"]["iterations"] == 3100
@@ -191,8 +224,9 @@ def test_a_version_folder_is_never_taken_over_by_another_config(tmp_path):
     ("edit", "message"),
     [
         (
-            lambda c: c["experiments"]["lm_context"].update(models=["lm_ptb"]),
-            r"'experiments\.lm_context\.models' names language model 'lm_ptb'.*defined: lm_prose",
+            lambda c: c["experiments"]["lm_context"].update(models={"lm_ptb": {}}),
+            r"'experiments\.lm_context\.models\.lm_ptb' names language model 'lm_ptb'.*"
+            "defined: lm_prose",
         ),
         (
             lambda c: c["experiments"]["lm_context"].update(boundaries=[1, 40]),
@@ -234,10 +268,17 @@ def test_language_model_settings_are_checked(edit, message):
 def test_language_model_defaults_are_awd_lstm():
     cfg = resolve(load("paper"), SCHEMA)
     ptb = cfg["language_models"]["awd_lstm_ptb"]
-    assert ptb["arch_args"] == {
-        "emb": 400, "hidden": 1150, "layers": 3, "dropout": 0.4, "dropouth": 0.25,
-        "dropouti": 0.4, "dropoute": 0.1, "wdrop": 0.5, "tie": True,
-    }  # fmt: skip
+    assert ptb["arch_args"] == dict(
+        emb=400,
+        hidden=1150,
+        layers=3,
+        dropout=0.4,
+        dropouth=0.25,
+        dropouti=0.4,
+        dropoute=0.1,
+        wdrop=0.5,
+        tie=True,
+    )
     assert ptb["train"]["optimizer"] == "nt_asgd" and ptb["train"]["lr"] == 30
     assert ptb["train"]["bptt"] == 70 and ptb["train"]["batch_size"] == 20
     exp = cfg["experiments"]["lm_context"]

@@ -23,9 +23,12 @@ RELEASED = Path(__file__).resolve().parents[1] / "config" / "netdissect"
 def _concepts(categories: list[str], category_of: list[int]) -> nd.Concepts:
     n = len(category_of)
     return nd.Concepts(
-        list(range(1, n + 1)), [f"c{i}" for i in range(n)], categories,
-        np.array(category_of), {},
-    )  # fmt: skip
+        list(range(1, n + 1)),
+        [f"c{i}" for i in range(n)],
+        categories,
+        np.array(category_of),
+        {},
+    )
 
 
 # --------------------------------------------------------------------------- quantile
@@ -66,8 +69,9 @@ def _naive_iou(acts, thresholds, planes, carried, category, n_concepts):
         for c in range(n_concepts):
             truth[c] += masks[c].sum()
         for k in range(u):
-            m = F.interpolate(acts[i : i + 1, k : k + 1], size=tuple(size), mode="bilinear",
-                              align_corners=False)[0, 0]  # fmt: skip
+            m = F.interpolate(
+                acts[i : i + 1, k : k + 1], size=tuple(size), mode="bilinear", align_corners=False
+            )[0, 0]
             on = (m > thresholds[k]).numpy()
             act_area[k] += on.sum() * carried[i].numpy()
             for c in range(n_concepts):
@@ -177,8 +181,9 @@ def test_counting_rules_reproduce_the_released_caffenet_numbers():
     names = sorted({r["label"] for r in rows} | {r[f"{c}-label"] for r in rows for c in cats})
     category = {r["label"]: cats.index(r["category"]) for r in rows}
     category |= {r[f"{c}-label"]: cats.index(c) for r in rows for c in cats}
-    concepts = nd.Concepts(list(range(len(names))), names, cats,
-                           np.array([category[n] for n in names]), {})  # fmt: skip
+    concepts = nd.Concepts(
+        list(range(len(names))), names, cats, np.array([category[n] for n in names]), {}
+    )
     index = {n: i for i, n in enumerate(names)}
     labels = nd.UnitLabels(
         np.array([index[r["label"]] for r in rows]),
@@ -258,8 +263,7 @@ def _naive_dissect(model, ds, concepts, size, path, quantile, batch):
     stacked = torch.zeros(n, depth, *planes[0].shape[1:], dtype=torch.int64)
     for i, p in enumerate(planes):
         stacked[i, : len(p)] = p
-    _, iou = _naive_iou(acts, thr, stacked, torch.stack(carried), concepts.category,
-                        len(concepts))  # fmt: skip
+    _, iou = _naive_iou(acts, thr, stacked, torch.stack(carried), concepts.category, len(concepts))
     return thr.numpy(), iou
 
 
@@ -269,9 +273,19 @@ def test_dissect_equals_the_naive_computation(broden_root, cache_mb):
     model = _TinyNet().eval()
     ds = BrodenDataset(broden_root)
     concepts = nd.Concepts.of(ds)
-    res, seconds = nd.dissect(model, _pre, ["conv2"], ds, size=16, device="cpu",
-                              quantile=0.05, batch_size=3, workers=0, top_k=2,
-                              cache_mb=cache_mb)  # fmt: skip
+    res, seconds = nd.dissect_layers(
+        model,
+        _pre,
+        ["conv2"],
+        ds,
+        size=16,
+        device="cpu",
+        quantile=0.05,
+        batch_size=3,
+        workers=0,
+        top_k=2,
+        cache_mb=cache_mb,
+    )
     thr, iou = _naive_dissect(model, ds, concepts, 16, "conv2", 0.05, batch=3)
     np.testing.assert_array_equal(res["conv2"].thresholds, thr)
     np.testing.assert_allclose(res["conv2"].iou, iou, rtol=0, atol=1e-12)
@@ -291,8 +305,8 @@ def test_dissect_reads_maps_after_the_relu(broden_root):
         model.conv.bias.fill_(-0.3)  # plenty of negative values next to positive ones
     ds = BrodenDataset(broden_root)
     kw = dict(size=16, device="cpu", quantile=0.2, batch_size=2, workers=0)
-    conv, _ = nd.dissect(model, _pre, ["conv"], ds, **kw)
-    relu, _ = nd.dissect(model, _pre, ["relu"], ds, rectify=False, **kw)
-    raw, _ = nd.dissect(model, _pre, ["conv"], ds, rectify=False, **kw)
+    conv, _ = nd.dissect_layers(model, _pre, ["conv"], ds, **kw)
+    relu, _ = nd.dissect_layers(model, _pre, ["relu"], ds, rectify=False, **kw)
+    raw, _ = nd.dissect_layers(model, _pre, ["conv"], ds, rectify=False, **kw)
     np.testing.assert_array_equal(conv["conv"].iou, relu["relu"].iou)
     assert not np.array_equal(raw["conv"].iou, conv["conv"].iou)

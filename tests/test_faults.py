@@ -37,18 +37,40 @@ PROFILE = {
         "lm_kill": {
             "corpus": "prose",
             "vocab_size": 300,
-            "arch_args": {"emb": 16, "hidden": 32, "layers": 2, "dropout": 0.1,
-                          "dropouth": 0.1, "dropouti": 0.1, "dropoute": 0.05, "wdrop": 0.1},
-            "train": {"epochs": 4, "batch_size": 8, "bptt": 20, "optimizer": "adam",
-                      "lr": 0.01, "tokens_per_epoch": 24000, "eval_batch_size": 50,
-                      "test_batch_size": 50, "checkpoint_seconds": 0.5},
+            "arch_args": dict(
+                emb=16,
+                hidden=32,
+                layers=2,
+                dropout=0.1,
+                dropouth=0.1,
+                dropouti=0.1,
+                dropoute=0.05,
+                wdrop=0.1,
+            ),
+            "train": dict(
+                epochs=4,
+                batch_size=8,
+                bptt=20,
+                optimizer="adam",
+                lr=0.01,
+                tokens_per_epoch=24000,
+                eval_batch_size=50,
+                test_batch_size=50,
+                checkpoint_seconds=0.5,
+            ),
         }
     },
     "experiments": {
-        "lm_context": {"models": ["lm_kill"], "targets": 16, "sizes": [1, 5, 20],
-                       "boundaries": [1, 5], "perturb_context": 20, "span": 5}
+        "lm_context": dict(
+            models={"lm_kill": {}},
+            targets=16,
+            sizes=[1, 5, 20],
+            boundaries=[1, 5],
+            perturb_context=20,
+            span=5,
+        )
     },
-}  # fmt: skip
+}
 
 
 def workflow(dest: Path) -> Path:
@@ -240,7 +262,7 @@ BAD_CONFIGS = {
         "iou_threshold",
     ),
     "undefined model": (
-        lambda c: c["experiments"]["activations"]["layers"].update(vgg99=["conv1"]),
+        lambda c: c["experiments"]["activations"]["models"].update(vgg99={"layers": ["conv1"]}),
         "vgg99",
     ),
 }

@@ -1,4 +1,5 @@
-"""filters_experiment on each profile's kind of model set: every claim id is always reported."""
+"""The filters experiment on each profile's kind of model set: every claim id is always
+reported."""
 
 import json
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 
 from cvinterp.compare import build_table
+from cvinterp.experiments import Model, Probe, run
 from cvinterp.models import Preprocessing, build, save_checkpoint
-from cvinterp.pipeline import filters_experiment
 from tests.conftest import ROOT
 
 CLAIMS = sorted((ROOT / "config" / "claims").glob("*.yaml"))
@@ -44,10 +45,12 @@ def test_every_claim_gets_a_row(tmp_path, profile):
     else:  # only a grey net: no colour figure to draw, every colour claim n/a
         ckpts = {"grey": checkpoint(tmp_path / "g.pt", "two_tower_alexnet", "train", 1, **TOWER)}
         colour = None
-    out = tmp_path / "fig"
-    metrics = tmp_path / "filters.json"
-    filters_experiment(ckpts, colour_model=colour, figure_dir=out, metrics=metrics)
+    models = {m: Model(m, path, spec={}) for m, path in ckpts.items()}
+    settings = {"models": dict.fromkeys(ckpts, {}), "colour_model": colour}
+    run("filters", settings, models, probe=Probe(datasets={}), device="cpu", results=tmp_path)
+    out, metrics = tmp_path / "figures" / "filters", tmp_path / "metrics" / "filters.json"
     assert (out / "colour_selectivity.png").stat().st_size > 1000
+    assert {p.stem for p in out.glob("*.png")} == {*ckpts, "colour_selectivity"}
     rows = [r for r in build_table(CLAIMS, {"filters": metrics}) if r["experiment"] == "filters"]
     assert len(rows) == 4
     result = json.loads(metrics.read_text())

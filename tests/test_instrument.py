@@ -8,6 +8,7 @@ that break hook-based libraries (in-place ReLUs, a ReLU module called twice, fun
 from __future__ import annotations
 
 import copy
+import dataclasses
 import types
 
 import pytest
@@ -259,7 +260,7 @@ def _probabilities(net):
 def test_occlusion_equals_captum_non_overlapping_windows():
     net, x = tiny(), inputs(n=1)[0]
     true_class = 1
-    maps = occlusion(net, x, true_class, "conv2", window=2, stride=2)
+    maps = occlusion(net, x, target=true_class, layer="conv2", window=2, stride=2)
     assert maps.p_true.shape == (4, 4)
     p_clean = net(x[None]).softmax(1)[0, true_class].item()
     assert maps.p_true_clean == pytest.approx(p_clean, rel=1e-6)
@@ -276,7 +277,7 @@ def test_occlusion_equals_captum_non_overlapping_windows():
 def test_occlusion_equals_captum_overlapping_windows():
     net, x = tiny(seed=5), inputs(n=1, seed=6)[0]
     true_class = 2
-    maps = occlusion(net, x, true_class, "conv1", window=4, stride=2, batch_size=4)
+    maps = occlusion(net, x, target=true_class, layer="conv1", window=4, stride=2, batch_size=4)
     assert maps.p_true.shape == (3, 3)  # corners 0, 2, 4 on each axis: (8 - 4) / 2 + 1
     attr = Occlusion(_probabilities(net)).attribute(
         x[None], sliding_window_shapes=(3, 4, 4), strides=(3, 2, 2), baselines=0, target=true_class
@@ -542,11 +543,10 @@ class OverwritesConv(nn.Module):
         return y
 
 
-@pytest.mark.parametrize("how", ["relu_", "mul_"])
 @pytest.mark.parametrize("detach", [False, True])
-def test_inplace_change_of_a_recorded_output_is_an_error(how, detach):
+def test_inplace_change_of_a_recorded_output_is_an_error(detach):
     torch.manual_seed(0)
-    net, x = OverwritesConv(how), inputs(n=1)
+    net, x = OverwritesConv("mul_"), inputs(n=1)
     with pytest.raises(InstrumentError, match="'conv' was changed in place"):
         with Instrument(net, ["conv"], detach=detach):
             net(x)
@@ -554,6 +554,22 @@ def test_inplace_change_of_a_recorded_output_is_an_error(how, detach):
     _assert_torch_is_normal_again()
     with Instrument(net, relu="guided"):  # not recording it: fine
         net(x)
+
+
+@pytest.mark.parametrize("rule", ["gradient", "guided"])
+@pytest.mark.parametrize("detach", [False, True])
+def test_inplace_relu_of_a_recorded_output_keeps_the_recording(detach, rule):
+    """An in-place ReLU runs in place (the model's output is its true output) and the recording
+    it would overwrite keeps the pre-ReLU values."""
+    torch.manual_seed(0)
+    net, x = OverwritesConv("relu_"), inputs(n=2)
+    with torch.no_grad():
+        true_out, conv = net(x), net.conv(x)
+    with Instrument(net, ["conv"], detach=detach, relu=rule) as ins:
+        out = net(x)
+    torch.testing.assert_close(out, true_out, rtol=0, atol=0)
+    torch.testing.assert_close(ins["conv"], conv, rtol=0, atol=0)
+    assert (ins["conv"] < 0).any() and not has_hooks(net)
 
 
 # --- max-pool without switches --------------------------------------------------------------
@@ -614,3 +630,365 @@ def test_stop_early_runs_nothing_above_the_recordings():
     assert not has_hooks(model)
     with pytest.raises(InstrumentError, match="needs something to record"):
         Instrument(model, stop_early=True)
+
+
+# --- gradients under torch.no_grad() and torch.inference_mode() --------------------------------
+
+
+def _gradient_methods():
+    """name -> a function of (model, images) that back-propagates; every input tensor it needs
+    is made inside it, so under inference_mode they are inference tensors."""
+    from cvinterp.methods.actmax import (
+        YOSINSKI_SETTINGS,
+        erhan,
+        pixel_space,
+        unit_objective,
+        yosinski,
+    )
+    from cvinterp.methods.inversion import LossWeights, dip_invert, train_inverters, tv_invert
+    from cvinterp.methods.sanity import cascading_randomisation
+    from cvinterp.methods.top_images import receptive_field
+    from cvinterp.models import IMAGENET_RGB
+
+    setting = dataclasses.replace(YOSINSKI_SETTINGS[1], iterations=3)
+    generator = {"channels": [4], "kernels": [3], "skip": 2}
+
+    def targets(net, x):
+        return [net.conv1(x[:1]).detach()]
+
+    return {
+        "project": lambda net, x: project(net, x, "conv2", torch.tensor([0, 3, 1, 4]), "guided")[0],
+        "project_class": lambda net, x: project(
+            net, x, None, torch.tensor([0, 1, 2, 1]), "deconvnet"
+        )[0],
+        "receptive_field": lambda net, x: torch.tensor(
+            [v for t in dataclasses.astuple(receptive_field(net, "conv2", 3, probe=12)) for v in t]
+        ),
+        "yosinski": lambda net, x: (
+            yosinski(
+                unit_objective(net, "conv2", torch.tensor([0, 2, 1, 3])),
+                x * 10,
+                pixel_space(IMAGENET_RGB)[0],
+                setting,
+            ).images
+        ),
+        "erhan": lambda net, x: (
+            erhan(
+                unit_objective(net, None, torch.tensor([0, 2, 1, 0])), x, rho=5.0, iterations=3
+            ).images
+        ),
+        "cascading_randomisation": lambda net, x: torch.from_numpy(
+            cascading_randomisation(
+                net, x, torch.tensor([0, 1, 2, 0]), ["fc", "conv2"], ["guided_backprop"]
+            )["guided_backprop"]
+        ),
+        "dip_invert": lambda net, x: (
+            dip_invert(
+                net,
+                lambda u: u,
+                targets(net, x),
+                ["conv1"],
+                8,
+                3,
+                generator=generator,
+                iterations=2,
+                input_depth=4,
+            ).images
+        ),
+        "tv_invert": lambda net, x: (
+            tv_invert(
+                net, lambda u: u, targets(net, x), ["conv1"], 8, 3, iterations=2, tv_weight=0.1
+            ).images
+        ),
+        "train_inverters": lambda net, x: next(
+            iter(
+                train_inverters(
+                    net,
+                    lambda u: u,
+                    lambda: [torch.sigmoid(x)],
+                    {"c": "conv2"},
+                    {"f": LossWeights(pixel=1, feature=1)},
+                    8,
+                    3,
+                    epochs=1,
+                    lr=1e-3,
+                    width=4,
+                    seed=0,
+                    device="cpu",
+                ).values()
+            )
+        )(torch.ones(1, 5, 4, 4)),
+    }
+
+
+GRADIENT_METHODS = list(_gradient_methods())
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+def test_gradient_methods_work_under_no_grad_and_inference_mode(method, mode):
+    run = _gradient_methods()[method]
+    net = tiny()
+    expected = run(net, inputs(n=4))
+    with getattr(torch, mode)():
+        got = run(net, inputs(n=4))  # inputs made under the mode: inference tensors there
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not has_hooks(net) and mode_stack_empty()
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+
+
+def test_gradients_on_and_normal_tensor():
+    from cvinterp.instrument import gradients_on, normal_tensor
+
+    with torch.inference_mode():
+        t = torch.ones(2)
+        assert normal_tensor(t) is t  # in inference mode a copy would be one too
+        with gradients_on():
+            assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+            copy = normal_tensor(t)
+            assert not copy.is_inference() and torch.equal(copy, t)
+        assert torch.is_inference_mode_enabled()
+    plain = torch.ones(2)
+    assert normal_tensor(plain) is plain and normal_tensor(3) == 3
+
+
+# --- other nonlinearities: deconvnet and guided backprop are undefined --------------------------
+
+
+class Activated(nn.Module):
+    """conv -> `act` -> mean over positions (GLU halves the channels)."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.act = act
+
+    def forward(self, x):
+        return self.act(self.conv(x)).mean((2, 3))
+
+
+NONLINEAR = {
+    "nn.Sigmoid": nn.Sigmoid(),
+    "torch.sigmoid": torch.sigmoid,
+    "F.sigmoid": F.sigmoid,
+    "Tensor.sigmoid": lambda h: h.sigmoid(),
+    "Tensor.sigmoid_": lambda h: h.sigmoid_(),
+    "torch.sigmoid_": torch.sigmoid_,
+    "special.expit": torch.special.expit,
+    "nn.Tanh": nn.Tanh(),
+    "torch.tanh": torch.tanh,
+    "F.tanh": F.tanh,
+    "Tensor.tanh_": lambda h: h.tanh_(),
+    "torch.tanh_": torch.tanh_,
+    "nn.Hardsigmoid": nn.Hardsigmoid(),
+    "nn.Hardsigmoid(inplace)": nn.Hardsigmoid(inplace=True),
+    "F.hardsigmoid": F.hardsigmoid,
+    "nn.Softsign": nn.Softsign(),
+    "F.softsign": F.softsign,
+    "nn.LogSigmoid": nn.LogSigmoid(),
+    "F.logsigmoid": F.logsigmoid,
+    "nn.GLU": nn.GLU(1),
+    "F.glu": lambda h: F.glu(h, 1),
+}
+
+
+@pytest.mark.parametrize("form", list(NONLINEAR))
+def test_sigmoid_like_nonlinearities_are_errors_for_deconvnet_and_guided(form):
+    torch.manual_seed(0)
+    net, x = Activated(NONLINEAR[form]).eval(), inputs(n=2)
+    for rule in ("deconvnet", "guided"):
+        with pytest.raises(InstrumentError, match=f"the {rule} rule is defined for ReLU"):
+            with Instrument(net, relu=rule):
+                net(x)
+        assert not has_hooks(net) and mode_stack_empty()
+    xa = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(net(xa)[:, 0].sum(), xa)
+    for rule in ("gradient", "linear"):  # no ReLU here: both are the plain gradient
+        maps, _ = project(net, x, None, torch.tensor([0, 0]), rule)
+        torch.testing.assert_close(maps, expected, rtol=0, atol=0)
+
+
+def test_sigmoid_mlp_gets_gradients_but_not_guided_backprop():
+    from cvinterp.models import build
+
+    torch.manual_seed(0)
+    mlp = build("mlp", 10, 1, hidden=[16, 8]).eval()  # sigmoid units
+    x = torch.randn(3, 1, 28, 28)
+    classes = torch.tensor([1, 5, 9])
+    xa = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(mlp(xa)[torch.arange(3), classes].sum(), xa)
+    torch.testing.assert_close(project(mlp, x, None, classes, "backprop")[0], expected)
+    with pytest.raises(InstrumentError, match="sigmoid"):
+        project(mlp, x, None, classes, "guided_backprop")
+    assert not has_hooks(mlp) and mode_stack_empty()
+
+
+# --- ReLUs written another way ---------------------------------------------------------------
+
+
+def _zero_like(h):
+    return torch.zeros((), dtype=h.dtype)
+
+
+RELU_FORMS = {
+    "F.threshold": lambda h: F.threshold(h, 0.0, 0.0),
+    "nn.Threshold": lambda h: nn.Threshold(0, 0)(h),
+    "F.threshold(inplace)": lambda h: F.threshold(h, 0.0, 0.0, inplace=True),
+    "torch.threshold_": lambda h: torch.threshold_(h, 0.0, 0.0),
+    "torch.maximum": lambda h: torch.maximum(h, _zero_like(h)),
+    "torch.maximum(zero, x)": lambda h: torch.maximum(torch.zeros_like(h), h),
+    "torch.max(x, zero)": lambda h: torch.max(h, _zero_like(h)),
+    "Tensor.maximum": lambda h: h.maximum(_zero_like(h)),
+    "torch.where(x > 0, x, 0)": lambda h: torch.where(h > 0, h, 0),
+    "torch.where(0 < x, x, zeros)": lambda h: torch.where(0 < h, h, torch.zeros_like(h)),
+    "torch.where(x <= 0, 0, x)": lambda h: torch.where(h <= 0, 0.0, h),
+    "Tensor.where": lambda h: h.where(h > 0, 0.0),
+    "Tensor.clamp(min=0)": lambda h: h.clamp(min=0),
+    "torch.clamp_min": lambda h: torch.clamp_min(h, 0),
+    "torch.clip": lambda h: torch.clip(h, 0),
+    "Tensor.clamp_(min=0)": lambda h: h.clamp_(min=0),
+    "Tensor.clamp_min_": lambda h: h.clamp_min_(0.0),
+}
+
+
+class Rectified(nn.Module):
+    """conv -> relu -> max-pool -> conv -> relu -> linear, the ReLU written as `relu`."""
+
+    def __init__(self, relu):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 5, 3, padding=1)
+        self.fc = nn.Linear(5 * 4 * 4, 3)
+        self.relu = relu
+
+    def forward(self, x):
+        x = F.max_pool2d(self.relu(self.conv1(x)), 2)
+        return self.fc(self.relu(self.conv2(x)).flatten(1))
+
+
+@pytest.mark.parametrize("form", list(RELU_FORMS))
+def test_relus_written_another_way_get_the_rule(form):
+    torch.manual_seed(0)
+    net = Rectified(RELU_FORMS[form]).eval()
+    twin = Rectified(nn.ReLU()).eval()
+    twin.load_state_dict(net.state_dict())
+    x = inputs(n=3)
+    classes = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), twin(x), rtol=0, atol=0)
+        with Instrument(net, relu="guided"):
+            torch.testing.assert_close(net(x), twin(x), rtol=0, atol=0)  # the same forward
+    for rule in ("backprop", "deconvnet", "guided_backprop", "linear"):
+        maps, values = project(net, x, None, classes, rule)
+        expected, twin_values = project(twin, x, None, classes, rule)
+        torch.testing.assert_close(maps, expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(values, twin_values, rtol=0, atol=0)
+    assert not has_hooks(net) and mode_stack_empty()
+
+
+GATES = {
+    "F.threshold(x, 0.1, 0)": lambda h: F.threshold(h, 0.1, 0.0),
+    "F.threshold(x, 0, -1)": lambda h: F.threshold(h, 0.0, -1.0),
+    "torch.maximum(x, 0.5)": lambda h: torch.maximum(h, torch.full((), 0.5)),
+    "torch.maximum(x, y)": lambda h: torch.maximum(h, h.flip(1)),
+    "torch.max(x, y)": lambda h: torch.max(h, h.flip(1)),
+    "torch.where(x > 0, x, 0.01 x)": lambda h: torch.where(h > 0, h, 0.01 * h),
+    "torch.where(x > 0.5, x, 0)": lambda h: torch.where(h > 0.5, h, 0.0),
+    "torch.where(x < 0, x, 0)": lambda h: torch.where(h < 0, h, 0.0),
+    "Tensor.clamp(0, 6)": lambda h: h.clamp(0, 6),
+    "Tensor.clamp(min=-1)": lambda h: h.clamp(min=-1),
+    "torch.clamp_min(x, 0.2)": lambda h: torch.clamp_min(h, 0.2),
+    "torch.clamp_max": lambda h: torch.clamp_max(h, 0.5),
+    "torch.minimum(x, zero)": lambda h: torch.minimum(h, _zero_like(h)),
+}
+
+
+@pytest.mark.parametrize("form", list(GATES))
+def test_gates_that_are_not_relus_are_errors_for_deconvnet_and_guided(form):
+    torch.manual_seed(0)
+    net, x = Rectified(GATES[form]).eval(), inputs(n=2)
+    classes = torch.tensor([0, 2])
+    for rule in ("deconvnet", "guided_backprop"):
+        with pytest.raises(InstrumentError, match="defined for ReLU networks only"):
+            project(net, x, None, classes, rule)
+        assert not has_hooks(net) and mode_stack_empty()
+    xa = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(net(xa)[torch.arange(2), classes].sum(), xa)
+    torch.testing.assert_close(project(net, x, None, classes, "backprop")[0], expected)
+
+
+def test_masking_with_where_is_not_a_relu():
+    """`torch.where` with a condition unrelated to its branches is plain masking: no error, and
+    the same maps as multiplying by the mask."""
+    torch.manual_seed(0)
+    mask = torch.rand(1, 1, 8, 8) > 0.3
+
+    class Masked(Rectified):
+        def __init__(self, by_where: bool):
+            super().__init__(nn.ReLU())
+            self.by_where = by_where
+
+        def forward(self, x):
+            h = self.conv1(x)
+            h = torch.where(mask, h, 0.0) if self.by_where else h * mask
+            x = F.max_pool2d(self.relu(h), 2)
+            return self.fc(self.relu(self.conv2(x)).flatten(1))
+
+    net, twin = Masked(True).eval(), Masked(False).eval()
+    twin.load_state_dict(net.state_dict())
+    x, classes = inputs(n=2), torch.tensor([1, 2])
+    for rule in ("deconvnet", "guided_backprop"):
+        maps, _ = project(net, x, None, classes, rule)
+        torch.testing.assert_close(maps, project(twin, x, None, classes, rule)[0])
+        assert maps.abs().sum() > 0
+
+
+# --- in-place ReLUs called for their side effect ---------------------------------------------
+
+
+class SideEffect(nn.Module):
+    """`F.relu(h, inplace=True)` called for its side effect only, its value dropped."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 3, 3)
+        self.fc = nn.Linear(3 * 6 * 6, 3)
+
+    def forward(self, x):
+        h = self.conv1(x)
+        F.relu(h, inplace=True)
+        h = self.conv2(h)
+        torch.relu_(h)
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("rule", ["gradient", "deconvnet", "guided", "linear"])
+def test_inplace_relu_for_its_side_effect_keeps_the_models_output(rule):
+    torch.manual_seed(0)
+    net, x = SideEffect().eval(), inputs(n=3)
+    with torch.no_grad():
+        true_out = net(x)
+        conv1 = net.conv1(x)
+    with torch.no_grad(), Instrument(net, ["conv1"], relu=rule) as ins:
+        out = net(x)
+    torch.testing.assert_close(out, true_out, rtol=0, atol=0)
+    torch.testing.assert_close(ins["conv1"], conv1, rtol=0, atol=0)  # recorded before the ReLU
+    assert not has_hooks(net)
+
+
+def test_back_propagating_from_a_recording_overwritten_by_an_inplace_relu():
+    torch.manual_seed(0)
+    net, x = SideEffect().eval(), inputs(n=3)
+    units = torch.tensor([0, 3, 1])
+    maps, values = project(net, x, "conv1", units, "guided_backprop")
+    xa = x.clone().requires_grad_(True)
+    act = net.conv1(xa)[torch.arange(3), units].flatten(1)
+    best = act.max(1)
+    (expected,) = torch.autograd.grad(best.values.sum(), xa)  # no ReLU below conv1
+    torch.testing.assert_close(values, best.values.detach())
+    torch.testing.assert_close(maps, expected)
+    maps, _ = project(net, x, None, torch.tensor([0, 1, 2]), "backprop")
+    xa = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(net(xa)[torch.arange(3), torch.tensor([0, 1, 2])].sum(), xa)
+    torch.testing.assert_close(maps, expected)

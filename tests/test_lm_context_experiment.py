@@ -1,4 +1,4 @@
-"""The lm_context workflow step: claims from the measured curves, and its errors."""
+"""The lm_context experiment: claims from the measured curves, and its errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from cvinterp.data import DataError
 from cvinterp.data.prose import corpus_from_tokens
-from cvinterp.language_experiments import context_claims, context_of_model
+from cvinterp.experiments.lm_context import context_claims, context_of_model
 from cvinterp.models import CheckpointError
 from cvinterp.models.awd_lstm import AWDLSTM, save_lm
 
@@ -59,17 +59,28 @@ def test_a_checkpoint_of_another_vocabulary_is_refused(tmp_path, monkeypatch):
     words = [f"w{i}" for i in range(20)]
     corpus = corpus_from_tokens(words * 60, words * 20, words * 20)
     monkeypatch.setattr(
-        "cvinterp.language_experiments.corpus_of", lambda spec, folder, austen: corpus
+        "cvinterp.experiments.lm_context.corpus_of", lambda spec, folder, austen: corpus
     )
     torch.manual_seed(0)
     path = tmp_path / "lm.pt"
     save_lm(path, AWDLSTM(len(corpus.vocab), emb=4, hidden=8, layers=1), corpus.vocab[::-1], {})
     settings = dict(
-        corpus_dir=None, austen_dir=None, split="test", targets=5, sizes=[1, 2],
-        boundaries=[1], perturb_context=4, span=2, perturbations=["shuffle_global"],
-        frequent_count=10, rare_count=2, tolerance=0.01, batch_size=4, seed=0,
+        corpus_dir=None,
+        austen_dir=None,
+        split="test",
+        targets=5,
+        sizes=[1, 2],
+        boundaries=[1],
+        perturb_context=4,
+        span=2,
+        perturbations=["shuffle_global"],
+        frequent_count=10,
+        rare_count=2,
+        tolerance=0.01,
+        batch_size=4,
+        seed=0,
         dev=torch.device("cpu"),
-    )  # fmt: skip
+    )
     with pytest.raises(CheckpointError, match="another vocabulary"):
         context_of_model("lm", str(path), {"corpus": "prose"}, **settings)
     save_lm(path, AWDLSTM(len(corpus.vocab), emb=4, hidden=8, layers=1), corpus.vocab, {})

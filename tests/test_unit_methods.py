@@ -52,8 +52,9 @@ def test_top_activations_of_a_conv_layer_and_several_layers_at_once():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 6))
     x = torch.randn(17, 3, 8, 8)
     tops = top_activations(model, x.split(5), ["0", "3"], k=3)
-    with torch.no_grad():
-        conv, logits = model[0](x), model(x)
+    with torch.no_grad():  # in the same batches: a linear layer's sums depend on the batch size
+        conv = torch.cat([model[0](b) for b in x.split(5)])
+        logits = torch.cat([model(b) for b in x.split(5)])
     for got, acts, shape in ((tops["0"], conv, (6, 6)), (tops["3"], logits, (1, 1))):
         values, index, location = direct_top_k(acts.reshape(17, acts.shape[1], -1), 3)
         assert got.shape == shape
@@ -306,6 +307,18 @@ def test_positions_cover_the_image_with_the_last_window_flush(size, window, stri
     assert (np.diff(ys) <= stride).all() and (np.diff(xs) <= stride).all()
 
 
+@pytest.mark.parametrize(("window", "stride"), [(4, 5), (2, 7)])
+def test_a_stride_larger_than_the_window_is_refused(window, stride):
+    """Pixels between two positions would never be occluded."""
+    with pytest.raises(ValueError, match=f"stride {stride} is larger than the window {window}"):
+        positions((16, 16), window, stride)
+    torch.manual_seed(0)
+    model = TopLeft().eval()
+    with pytest.raises(ValueError, match=f"use a stride of at most {window}"):
+        occlusion(model, torch.randn(3, 16, 16), 1, window=window, stride=stride)
+    assert not has_hooks(model)
+
+
 def test_positions_exact_corners():
     corners, grid = positions((11, 13), 4, 3)
     assert grid == (4, 4)
@@ -330,7 +343,7 @@ def test_occlusion_outside_what_the_model_sees_changes_nothing():
     torch.manual_seed(0)
     model = TopLeft().eval()
     x = torch.randn(3, 16, 16)
-    maps = occlusion(model, x, 2, "conv", window=4, stride=4, batch_size=5)
+    maps = occlusion(model, x, target=2, layer="conv", window=4, stride=4, batch_size=5)
     assert maps.p_true.shape == maps.label.shape == maps.feature.shape == (4, 4)
     with torch.no_grad():
         probs = model(x[None]).softmax(1)[0]
@@ -354,7 +367,7 @@ def test_occlusion_square_is_zero_at_its_position():
     torch.manual_seed(0)
     model = TopLeft().eval()
     x = torch.randn(3, 16, 16)
-    maps = occlusion(model, x, 1, "conv", window=5, stride=3, batch_size=7)
+    maps = occlusion(model, x, target=1, layer="conv", window=5, stride=3, batch_size=7)
     corners, grid = positions((16, 16), 5, 3)
     assert maps.p_true.shape == grid
     for (y0, x0), p in zip(corners, maps.p_true.ravel(), strict=True):
@@ -368,7 +381,7 @@ def test_occlusion_square_is_zero_at_its_position():
 def test_object_vs_background():
     torch.manual_seed(0)
     model = TopLeft().eval()
-    maps = occlusion(model, torch.randn(3, 16, 16), 0, "conv", window=4, stride=4)
+    maps = occlusion(model, torch.randn(3, 16, 16), target=0, layer="conv", window=4, stride=4)
     assert object_vs_background(maps, np.ones((16, 16))) is None  # no background position
     assert object_vs_background(maps, np.zeros((16, 16))) is None  # no object position
     mask = np.zeros((16, 16))

@@ -14,28 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator, validators
+from jsonschema import Draft202012Validator
 
 
 class ConfigError(ValueError):
     """A config that does not match the schema; the message names the offending key."""
-
-
-def _with_defaults(validator_class):
-    """A validator that fills `default` values of properties while it validates."""
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, sub in properties.items():
-                if isinstance(sub, dict) and "default" in sub and name not in instance:
-                    instance[name] = copy.deepcopy(sub["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return validators.extend(validator_class, {"properties": set_defaults})
-
-
-_FillingValidator = _with_defaults(Draft202012Validator)
 
 
 def _key_path(error) -> str:
@@ -73,106 +56,80 @@ def load_schema(schema_path: str | Path) -> dict:
 def resolve(config: Mapping[str, Any], schema_path: str | Path) -> dict:
     """Return a validated copy of `config` with every schema default filled in.
 
-    Raises ConfigError listing every problem, each naming its key.
+    The schema (JSON Schema 2020-12) is checked first without defaults, so that every problem
+    is reported, each naming its key (Snakemake's `validate` stops at the first and prints the
+    schema); then Snakemake's `validate` fills the defaults. Raises ConfigError.
     """
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
     resolved = copy.deepcopy(dict(config))
-    validator = _FillingValidator(load_schema(schema_path))
+    validator = Draft202012Validator(load_schema(schema_path))
     errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
     if errors:
         lines = "\n".join(f"  - {_describe(e)}" for e in errors)
         raise ConfigError(f"invalid config ({len(errors)} problem(s)):\n{lines}")
+    try:
+        validate(resolved, str(schema_path))
+    except WorkflowError as err:  # a default that does not fit its own schema
+        raise ConfigError(f"invalid config after filling the schema's defaults: {err}") from None
+    # defaults are filled in by reference: one object per default, whoever takes it
+    resolved = copy.deepcopy(resolved)
     _check_references(resolved)
     return resolved
 
 
-def _named_models(exp: dict) -> list[tuple[str, str, list[str]]]:
-    """(key path, model, layers) for every model an experiment names."""
-    out = [("models", m, []) for m in exp.get("models", []) if isinstance(m, str)]
-    if isinstance(exp.get("models"), dict):  # occlusion: model -> settings
-        out += [(f"models.{m}", m, [s["layer"]]) for m, s in exp["models"].items()]
-    out += [(f"layers.{m}", m, layers) for m, layers in exp.get("layers", {}).items()]
-    for key in ("test_error_model",):
-        if exp.get(key):
-            out.append((key, exp[key], []))
-    if exp.get("sanity"):
-        out.append(("sanity.model", exp["sanity"]["model"], []))
-    for key in ("erhan", "yosinski"):  # actmax
-        sub = exp.get(key)
-        if isinstance(sub, dict):
-            layers = sub.get("layers") or ([sub["layer"]] if sub.get("layer") else [])
-            out.append((f"{key}.model", sub["model"], layers))
-    return out
-
-
 def _check_references(config: dict) -> None:
-    """Cross-field checks a JSON schema cannot express: experiments name existing models and
-    their named layers."""
+    """Cross-field checks a JSON schema cannot express, read from each experiment's
+    declaration: its models are defined (under `language_models` for language-model
+    experiments), their layers are named layers of their architectures, a setting that names a
+    model names one of the experiment's own, and the experiment's own checks."""
+    from cvinterp.experiments import declaration
     from cvinterp.models import zoo
 
-    models = config["models"]
     _check_language_models(config)
     for name, exp in config["experiments"].items():
-        if name == "lm_context":  # names language models, checked above
-            continue
-        for key, m, layers in _named_models(exp):
-            if m not in models:
+        d = declaration(name)
+        kind = "language_models" if d.language_models else "models"
+        defined = config.get(kind, {})
+        for m, settings in exp["models"].items():
+            key = f"experiments.{name}.models.{m}"
+            if m not in defined:
                 raise ConfigError(
-                    f"config key 'experiments.{name}.{key}' names model '{m}', which is not "
-                    f"defined under 'models' (defined: {', '.join(sorted(models))})"
+                    f"config key '{key}' names {kind[:-1].replace('_', ' ')} '{m}', which is not "
+                    f"defined under '{kind}' (defined: {', '.join(sorted(defined)) or 'none'})"
                 )
-            known = list(zoo()[models[m]["arch"]]["layers"])
-            if name.startswith("inversion"):
-                known.append("input")  # the identity: inversion must give the image back
+            if d.language_models:
+                continue
+            arch = defined[m]["arch"]
+            known = list(zoo()[arch]["layers"]) + (["input"] if d.input_layer else [])
+            layers = settings.get("layers") or []
+            if settings.get("layer"):
+                layers = [*layers, settings["layer"]]
             bad = [layer for layer in layers if layer not in known]
             if bad:
                 raise ConfigError(
-                    f"config key 'experiments.{name}.{key}': {', '.join(map(repr, bad))} is not "
-                    f"a named layer of {models[m]['arch']} (named: {', '.join(known)})"
+                    f"config key '{key}': {', '.join(map(repr, bad))} is not a named layer of "
+                    f"{arch} (named: {', '.join(known)})"
                 )
-        listed = exp.get("models", [])
-        for m in exp.get("sizes", {}):
-            if m not in exp.get("layers", {}):
+        for ref in d.model_references:
+            value = exp
+            for part in ref.split("."):
+                value = (value or {}).get(part)
+            if value is not None and value not in exp["models"]:
                 raise ConfigError(
-                    f"config key 'experiments.{name}.sizes.{m}': '{m}' must also be listed in "
-                    f"'experiments.{name}.layers'"
+                    f"config key 'experiments.{name}.{ref}': '{value}' must also be listed in "
+                    f"'experiments.{name}.models'"
                 )
-        for m, per_layer in (exp.get("references") or {}).items():
-            for layer in per_layer:
-                if layer not in exp.get("layers", {}).get(m, []):
-                    raise ConfigError(
-                        f"config key 'experiments.{name}.references.{m}.{layer}': model '{m}' "
-                        f"layer '{layer}' must also be listed in 'experiments.{name}.layers'"
-                    )
-        for key in ("test_error_model",):
-            if exp.get(key) and exp[key] not in exp.get("layers", {}):
-                raise ConfigError(
-                    f"config key 'experiments.{name}.{key}': '{exp[key]}' must also be listed "
-                    f"in 'experiments.{name}.layers'"
-                )
-        if exp.get("sanity") and exp["sanity"]["model"] not in listed:
-            raise ConfigError(
-                f"config key 'experiments.{name}.sanity.model': '{exp['sanity']['model']}' "
-                f"must also be listed in 'experiments.{name}.models'"
-            )
-        if exp.get("colour_model") and exp["colour_model"] not in exp.get("models", []):
-            raise ConfigError(
-                f"config key 'experiments.{name}.colour_model': '{exp['colour_model']}' must also "
-                f"be listed in 'experiments.{name}.models'"
-            )
-        wanted = list(exp.get("models", []))
-        if exp.get("colour_model"):
-            wanted.append(exp["colour_model"])
-        for m in wanted:
-            if m not in models:
-                raise ConfigError(
-                    f"config key 'experiments.{name}' names model '{m}', which is not defined "
-                    f"under 'models' (defined: {', '.join(sorted(models))})"
-                )
+        if d.check is not None:
+            try:
+                d.check(exp)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
 
 
 def _check_language_models(config: dict) -> None:
-    """Language-model names are their own namespace: they must not shadow an image model, and
-    lm_context must name defined ones; its boundaries must lie inside its context window."""
+    """Language-model names are their own namespace: they must not shadow an image model."""
     lms = config.get("language_models", {})
     clash = sorted(set(lms) & set(config["models"]))
     if clash:
@@ -180,31 +137,15 @@ def _check_language_models(config: dict) -> None:
             f"config key 'language_models.{clash[0]}': the name is also used under 'models' "
             "(checkpoints share results/<version>/models/): rename one of them"
         )
-    exp = config["experiments"].get("lm_context")
-    if not exp:
-        return
-    defined = ", ".join(sorted(lms)) or "none"
-    for m in exp["models"]:
-        if m not in lms:
-            raise ConfigError(
-                f"config key 'experiments.lm_context.models' names language model '{m}', which "
-                f"is not defined under 'language_models' (defined: {defined})"
-            )
-    too_far = [b for b in exp["boundaries"] if b >= exp["perturb_context"]]
-    if too_far:
-        raise ConfigError(
-            f"config key 'experiments.lm_context.boundaries': {too_far} leave nothing to perturb "
-            f"in a perturb_context of {exp['perturb_context']} tokens (each must be smaller)"
-        )
 
 
 def check_released_references(config: Mapping[str, Any], released: Mapping[str, Any]) -> None:
-    """experiments.dissection.references must name entries of the released results
+    """The dissection's references must name entries of the released results
     (config/netdissect/released.yaml); same_weights needs an entry with per-unit labels."""
     exp = config.get("experiments", {}).get("dissection") or {}
-    for m, per_layer in (exp.get("references") or {}).items():
-        for layer, ref in per_layer.items():
-            key = f"experiments.dissection.references.{m}.{layer}"
+    for m, settings in exp.get("models", {}).items():
+        for layer, ref in settings.get("references", {}).items():
+            key = f"experiments.dissection.models.{m}.references.{layer}"
             for which in ("trained", "random"):
                 if ref.get(which) and ref[which] not in released:
                     raise ConfigError(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+
+from cvinterp.results import write_json
 
 PACKAGES = [
     "cvinterp",
@@ -102,4 +103,4 @@ def write_provenance(
         "end": now(),
         "outputs": sorted(outputs),
     }
-    Path(path).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    write_json(path, payload)

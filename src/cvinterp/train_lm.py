@@ -130,11 +130,20 @@ def train_language_model(
     interruption would (the state is saved first), returning (None, None).
     """
     settings = dict(
-        arch_args=arch_args, epochs=epochs, batch_size=batch_size, bptt=bptt,
-        optimizer=optimizer, lr=lr, weight_decay=weight_decay, clip=clip, alpha=alpha,
-        beta=beta, nonmono=nonmono, tokens_per_epoch=tokens_per_epoch,
+        arch_args=arch_args,
+        epochs=epochs,
+        batch_size=batch_size,
+        bptt=bptt,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        clip=clip,
+        alpha=alpha,
+        beta=beta,
+        nonmono=nonmono,
+        tokens_per_epoch=tokens_per_epoch,
         eval_batch_size=eval_batch_size,
-    )  # fmt: skip
+    )
     key = _run_key(corpus, settings, seed)
     torch.manual_seed(seed)
     model = AWDLSTM(len(corpus.vocab), **arch_args).to(device)
@@ -193,9 +202,15 @@ def train_language_model(
         resume_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = resume_path.with_name(resume_path.name + ".tmp")
         payload = {
-            "key": key, "epoch": epoch, "pos": pos, "steps": step_total, "mode": mode,
-            "running": running, "seen": seen,
-            "history": json.dumps(history), "model": model.state_dict(),
+            "key": key,
+            "epoch": epoch,
+            "pos": pos,
+            "steps": step_total,
+            "mode": mode,
+            "running": running,
+            "seen": seen,
+            "history": json.dumps(history),
+            "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "best_loss": None if best is None else best[0],
             "best_model": None if best is None else best[1],
@@ -203,7 +218,7 @@ def train_language_model(
             "generator": gen.get_state() if gen is not None else None,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-        }  # fmt: skip
+        }
         torch.save(payload, tmp)
         tmp.replace(resume_path)
 
@@ -217,9 +232,13 @@ def train_language_model(
         resumed = False
         model.train()
         bar = tqdm(
-            total=end, initial=pos, desc=f"epoch {epoch + 1}/{epochs}",
-            disable=not progress, mininterval=5, unit="tok/stream",
-        )  # fmt: skip
+            total=end,
+            initial=pos,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            disable=not progress,
+            mininterval=5,
+            unit="tok/stream",
+        )
         while pos < end - 1:
             half = torch.rand((), generator=gen).item() >= 0.95
             mean = bptt / 2 if half else bptt

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cvinterp.data.fetch import DOWNLOADS
 from cvinterp.data.images import FASHION_FILES
+from cvinterp.experiments import declaration
 from cvinterp.models import torchvision_weights_name, zoo
 from cvinterp.config import (
     check_released_references,
@@ -27,11 +28,9 @@ _resolved = resolve(
 )
 config.clear()
 config.update(_resolved)
+RELEASED = "config/netdissect/released.yaml"
 check_released_references(
-    config,
-    yaml.safe_load(
-        (Path(workflow.basedir) / "config/netdissect/released.yaml").read_text()
-    ),
+    config, yaml.safe_load((Path(workflow.basedir) / RELEASED).read_text())
 )
 
 VERSION = version_of(config)
@@ -53,19 +52,6 @@ LANGUAGE_MODELS = list(config.get("language_models", {}))
 # job killed for memory is resubmitted (`--retries`) with more; training resumes from its state.
 PAPER = config["profile"] == "paper"
 GPU = int(config["device"] == "cuda" or (config["device"] == "auto" and PAPER))
-# The default profile's experiments that take seconds to a minute, less than a cluster job's
-# start-up: on a cluster they share jobs (`group-components` in profiles/slurm).
-SHORT_EXPERIMENTS = {
-    "filters",
-    "activations",
-    "top_images",
-    "deconvnet",
-    "guided_backprop",
-    "backprop",
-    "occlusion",
-    "actmax",
-    "embedding",
-}
 
 
 def memory(default, paper=None):
@@ -80,9 +66,11 @@ def minutes(default, paper=None):
 
 
 def job_group(experiment):
-    """The cluster job group of an experiment's rule: short CPU jobs share jobs; paper-scale and
-    GPU jobs don't (a group adds up the resources of its jobs, GPUs included)."""
-    if experiment in SHORT_EXPERIMENTS and not PAPER and not GPU:
+    """The cluster job group of an experiment's rule: the default profile's experiments that
+    take seconds to a minute, less than a cluster job's start-up, share jobs
+    (`group-components` in profiles/slurm); paper-scale and GPU jobs don't (a group adds up
+    the resources of its jobs, GPUs included)."""
+    if declaration(experiment).short and not PAPER and not GPU:
         return "short_experiments"
     return None
 
@@ -154,127 +142,8 @@ def fashion_mnist_files():
     return [f"{RESOURCES}/fashion-mnist/{n}" for n in names]
 
 
-def filters_outputs():
-    figs = [
-        f"{RESULTS}/figures/filters/{m}.png"
-        for m in config["experiments"]["filters"]["models"]
-    ]
-    return figs + [
-        f"{RESULTS}/figures/filters/colour_selectivity.png",
-        f"{RESULTS}/metrics/filters.json",
-    ]
-
-
-# What one unit does (issue 3): one rule each, generated in workflow/rules/units.smk.
-UNIT_EXPERIMENTS = [
-    e
-    for e in (
-        "activations",
-        "top_images",
-        "deconvnet",
-        "guided_backprop",
-        "backprop",
-        "occlusion",
-        # what all units do (issue 4): cvinterp.all_unit_experiments
-        "actmax",
-        "embedding",
-        "inversion_dip",
-        "inversion_learned",
-        # how units matter (issue 6): cvinterp.importance_experiments
-        "ablation",
-    )
-    if e in config["experiments"]
-]
-
-
-def unit_models(name):
-    exp = config["experiments"][name]
-    if name == "actmax":
-        subs = [exp.get("erhan"), exp.get("yosinski")]
-        return list(dict.fromkeys(sub["model"] for sub in subs if sub))
-    return list(exp["layers"]) if "layers" in exp else list(exp["models"])
-
-
-def unit_inputs(name):
-    """Checkpoints, the datasets they were trained on, and the metrics a claim reads."""
-    models = unit_models(name)
-    files = {
-        "checkpoints": [f"{RESULTS}/models/{m}.pt" for m in models],
-        "data": sorted({f for m in models for f in dataset_files(m)}),
-    }
-    tested = config["experiments"][name].get("test_error_model")
-    if tested:
-        files["test_error"] = f"{RESULTS}/metrics/models/{tested}.json"
-    return files
-
-
-def fashion_dir_of(wildcards, input):
-    """The Fashion-MNIST folder among a job's data inputs (None when it reads none)."""
-    hits = [f for f in input.get("data", []) if Path(f).parent.name == "fashion-mnist"]
-    return str(Path(hits[0]).parent) if hits else None
-
-
-def cifar_dir_of(wildcards, input):
-    """The CIFAR-10 folder (holding cifar-10-batches-py/) among a job's data inputs."""
-    hits = [
-        f for f in input.get("data", []) if Path(f).parent.name == "cifar-10-batches-py"
-    ]
-    return str(Path(hits[0]).parents[1]) if hits else None
-
-
-def unit_figures(name, report_them=True):
-    if name == "actmax":
-        exp = config["experiments"]["actmax"]
-        keys = [k for k in ("erhan", "yosinski") if exp.get(k)]
-    elif name == "embedding":
-        keys = [
-            f"{m}{part}"
-            for m in unit_models(name)
-            for part in ("", "_thumbnails", "_units")
-        ]
-    elif name == "ablation":
-        layers = config["experiments"]["ablation"]["layers"]
-        keys = [f"{m}_{layer}" for m, ls in layers.items() for layer in ls]
-    else:
-        keys = unit_models(name)
-    figs = {k: f"{RESULTS}/figures/{name}/{k}.png" for k in keys}
-    if name == "backprop":
-        figs["randomisation"] = f"{RESULTS}/figures/{name}/randomisation.png"
-    if not report_them:
-        return figs
-    return {
-        key: report(
-            path,
-            caption=f"../report/{name}.rst",
-            category=name,
-            labels={"figure": name, "model": key},
-        )
-        for key, path in figs.items()
-    }
-
-
-def unit_settings(name):
-    """The experiment's config section as keyword arguments of its pipeline function."""
-    exp = dict(config["experiments"][name])
-    if name == "occlusion":
-        exp["settings"] = exp.pop("models")
-    elif name == "backprop":
-        exp.pop("models")
-    elif name == "guided_backprop":
-        tested = exp.pop("test_error_model")
-        exp["test_error"] = tested and {
-            "model": tested,
-            "dataset": config["models"][tested].get("dataset"),
-            "metrics": f"{RESULTS}/metrics/models/{tested}.json",
-        }
-    return exp
-
-
-# What units detect (issue 5): Network Dissection, workflow/rules/dissection.smk.
-def dissection_models():
-    return list(config["experiments"]["dissection"]["layers"])
-
-
+# Probe sets in the Broden layout (Network Dissection): the offline stand-in (rule
+# concept_probe) or the real Broden (rule get_broden).
 def concept_probe_dir():
     cp = config["datasets"]["concept_probe"]
     return (
@@ -282,43 +151,21 @@ def concept_probe_dir():
     )
 
 
-def dissection_probe_dirs():
-    """Model -> probe folder: the stand-in, or the Broden of the net's input size (227-px
-    nets such as CaffeNet and SqueezeNet get broden1_227, the rest broden1_224)."""
-    exp = config["experiments"]["dissection"]
-    out = {}
-    for m in dissection_models():
-        if exp["probe"] == "standin":
-            out[m] = concept_probe_dir()
-        else:
-            size = (
-                exp["sizes"].get(m) or zoo()[config["models"][m]["arch"]]["input_size"]
-            )
-            out[m] = f"{RESOURCES}/broden1_{227 if size == 227 else 224}"
-    return out
+def broden_dir(name, model):
+    """A model's probe folder in experiment `name`: the stand-in, or the Broden of the net's
+    input size (227-px nets such as CaffeNet and SqueezeNet get broden1_227, the rest
+    broden1_224)."""
+    exp = config["experiments"][name]
+    if exp["dataset"] == "standin":
+        return concept_probe_dir()
+    size = (
+        exp["models"][model].get("size")
+        or zoo()[config["models"][model]["arch"]]["input_size"]
+    )
+    return f"{RESOURCES}/broden1_{227 if size == 227 else 224}"
 
 
-def dissection_figures(report_them=True):
-    figs = {"detectors": f"{RESULTS}/figures/dissection/detectors.png"}
-    figs |= {m: f"{RESULTS}/figures/dissection/{m}.png" for m in dissection_models()}
-    if not report_them:
-        return figs
-    return {
-        key: report(
-            path,
-            caption="../report/dissection.rst",
-            category="dissection",
-            labels={"figure": "dissection", "model": key},
-        )
-        for key, path in figs.items()
-    }
-
-
-def dissection_tables():
-    return [f"{RESULTS}/tables/dissection/{m}.csv" for m in dissection_models()]
-
-
-# How a language model uses context (issue 7): workflow/rules/language.smk.
+# Corpora of the language models.
 LM_SPLITS = ("train", "valid", "test")
 
 
@@ -360,47 +207,131 @@ def lm_austen_dir(lm):
     return str(Path(austen_files()[0]).parent)
 
 
-def lm_context_models():
-    return list(config["experiments"].get("lm_context", {}).get("models", []))
+# Every experiment is one rule (workflow/rules/<stage>.smk) built from its declaration
+# (cvinterp.experiments.<name>.DECLARATION) by the helpers below.
+def experiment_models(name):
+    return list(config["experiments"][name]["models"])
 
 
-def lm_context_figures(report_them=True):
-    figs = {m: f"{RESULTS}/figures/lm_context/{m}.png" for m in lm_context_models()}
-    if not report_them:
-        return figs
-    return {
-        key: report(
-            path,
-            caption="../report/lm_context.rst",
-            category="lm_context",
-            labels={"figure": "lm_context", "model": key},
-        )
-        for key, path in figs.items()
+def model_files(name, model):
+    """Data a model of an experiment reads, by kind: its dataset (or corpus) files, and folders
+    the experiment's script is told about."""
+    if declaration(name).language_models:
+        files = lm_corpus_inputs(model)
+        folders = {
+            "corpus_dir": lm_corpus_dir(model),
+            "austen_dir": lm_austen_dir(model),
+        }
+    else:
+        files, folders = dataset_files(model), {}
+    if declaration(name).broden:
+        folders = {"probe": broden_dir(name, model), "released": RELEASED}
+    return files, folders
+
+
+def experiment_inputs(name):
+    """Checkpoints, the data their models read and the training metrics the experiment reads."""
+    models = experiment_models(name)
+    tested = declaration(name).training_metrics(config["experiments"][name])
+    files = {
+        "checkpoints": [f"{RESULTS}/models/{m}.pt" for m in models],
+        "data": sorted({f for m in models for f in model_files(name, m)[0]}),
+        "training_metrics": [f"{RESULTS}/metrics/models/{m}.json" for m in tested],
     }
+    if declaration(
+        name
+    ).broden:  # probe sets in the Broden layout, the released results
+        files["probes"] = sorted({f"{broden_dir(name, m)}/index.csv" for m in models})
+        files["released"] = RELEASED
+    return files
+
+
+def experiment_figures(name):
+    return [
+        f"{RESULTS}/figures/{name}/{f}.png"
+        for f in declaration(name).figures(config["experiments"][name])
+    ]
+
+
+def experiment_tables(name):
+    return [
+        f"{RESULTS}/tables/{name}/{t}.csv"
+        for t in declaration(name).tables(config["experiments"][name])
+    ]
+
+
+def reported(name, path):
+    """A figure in the HTML report, under its experiment, with the experiment's caption."""
+    stem = Path(path).stem
+    caption = declaration(name).captions.get(stem, name)
+    labels = {"figure": name, "model": stem}
+    return report(
+        path, caption=f"../report/{caption}.rst", category=name, labels=labels
+    )
+
+
+def experiment_outputs(name, report_them=True):
+    """Figures (in the report, with the experiment's caption), tables and metrics."""
+    figures = experiment_figures(name)
+    if report_them:
+        figures = [reported(name, path) for path in figures]
+    out = {"figures": figures, "metrics": f"{RESULTS}/metrics/{name}.json"}
+    if experiment_tables(name):
+        out["tables"] = experiment_tables(name)
+    return out
+
+
+def experiment_params(name):
+    """What the script is told: each model's spec, its settings in the experiment and the
+    folders it reads; the folders of the image datasets among the job's inputs."""
+    kind = "language_models" if declaration(name).language_models else "models"
+    models = {
+        m: {
+            "spec": config[kind][m],
+            "settings": settings,
+            "data": model_files(name, m)[1],
+        }
+        for m, settings in config["experiments"][name]["models"].items()
+    }
+    return {
+        "models": models,
+        "training_metrics": declaration(name).training_metrics(
+            config["experiments"][name]
+        ),
+        "fashion_dir": fashion_dir_of,
+        "cifar_dir": cifar_dir_of,
+    }
+
+
+def fashion_dir_of(wildcards, input):
+    """The Fashion-MNIST folder among a job's data inputs (None when it reads none)."""
+    hits = [f for f in input.get("data", []) if Path(f).parent.name == "fashion-mnist"]
+    return str(Path(hits[0]).parent) if hits else None
+
+
+def cifar_dir_of(wildcards, input):
+    """The CIFAR-10 folder (holding cifar-10-batches-py/) among a job's data inputs."""
+    hits = [
+        f for f in input.get("data", []) if Path(f).parent.name == "cifar-10-batches-py"
+    ]
+    return str(Path(hits[0]).parents[1]) if hits else None
+
+
+def experiment_threads(name):
+    return declaration(name).threads or config["threads"]
+
+
+def experiment_resources(name):
+    """Memory and time limit (default profile, paper profile); a GPU where it can use one."""
+    d = declaration(name)
+    out = {"mem_mb": memory(*d.mem_mb), "runtime": minutes(*d.runtime)}
+    if d.gpu:
+        out["gpu"] = GPU
+    return out
 
 
 def experiment_metrics():
     return {e: f"{RESULTS}/metrics/{e}.json" for e in EXPERIMENTS}
-
-
-def experiment_outputs(name):
-    if name == "filters":
-        return filters_outputs()
-    if name == "dissection":
-        return (
-            list(dissection_figures(report_them=False).values())
-            + dissection_tables()
-            + [f"{RESULTS}/metrics/dissection.json"]
-        )
-    if name == "lm_context":
-        return list(lm_context_figures(report_them=False).values()) + [
-            f"{RESULTS}/metrics/lm_context.json"
-        ]
-    if name in UNIT_EXPERIMENTS:
-        return list(unit_figures(name, report_them=False).values()) + [
-            f"{RESULTS}/metrics/{name}.json"
-        ]
-    raise ValueError(f"no rule produces experiment {name!r}")
 
 
 def final_outputs():
@@ -410,5 +341,6 @@ def final_outputs():
         f"{RESULTS}/references.bib",
     ]
     for name in EXPERIMENTS:
-        outs += experiment_outputs(name)
+        out = experiment_outputs(name, report_them=False)
+        outs += out["figures"] + out.get("tables", []) + [out["metrics"]]
     return outs

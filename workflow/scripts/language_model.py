@@ -1,8 +1,8 @@
-from cvinterp.language_experiments import language_model
 from cvinterp.logs import logged
+from cvinterp.models.make import make_language_model
 
 with logged(snakemake.log[0]):
-    language_model(
+    make_language_model(
         snakemake.wildcards.lm,
         snakemake.params.spec,
         corpus_dir=snakemake.params.corpus_dir,

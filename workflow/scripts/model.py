@@ -1,5 +1,5 @@
 from cvinterp.logs import logged
-from cvinterp.pipeline import make_model
+from cvinterp.models.make import make_model
 
 with logged(snakemake.log[0]):
     make_model(

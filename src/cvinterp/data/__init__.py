@@ -17,6 +17,7 @@ __all__ = [
     "IMAGE_DATASETS",
     "TEXT_CORPORA",
     "DataError",
+    "dataset_kwargs",
     "ImageData",
     "load_corpus",
     "load_images",
@@ -25,6 +26,25 @@ __all__ = [
 ]
 
 TEXT_CORPORA = ("prose", "ptb", "wikitext2")
+
+
+def dataset_kwargs(
+    name: str, datasets: dict, fashion_dir: str | None, cifar_dir: str | None, seed: int
+) -> dict:
+    """Map the config's `datasets` section onto `load_images`' arguments for dataset `name`."""
+    if name == "fashion_mnist":
+        return {"folder": fashion_dir}
+    if name == "cifar10":
+        return {"folder": cifar_dir}
+    if name == "photo_patches":
+        p = datasets["photo_patches"]
+        return {
+            "patch_size": p["size"],
+            "n_train": p["n_train"],
+            "n_test": p["n_test"],
+            "seed": seed,
+        }
+    return {}
 
 
 def load_corpus(name: str, *, folder=None, austen_dir=None, vocab_size: int | None = 10000):

@@ -35,8 +35,13 @@ from cvinterp.data.images import FASHION_CLASSES, DataError, fashion_mnist, phot
 
 CATEGORIES = ["color", "object", "material", "scene", "texture"]
 INDEX_HEADER = ["image", "split", "ih", "iw", "sh", "sw"] + [
-    "color", "object", "material", "part", "scene", "texture",
-]  # fmt: skip
+    "color",
+    "object",
+    "material",
+    "part",
+    "scene",
+    "texture",
+]
 GIMP_PATTERNS = "/usr/share/gimp/2.0/patterns"
 NO_MATERIAL = {"Legacy"}  # GIMP's synthetic tiles: a texture, but no material
 # Broden's eleven colour terms at focal sRGB values.
@@ -245,18 +250,30 @@ def build_concept_probe(
         _write_csv(
             root / f"c_{cat}.csv",
             ["code", "number", "name", "frequency", "coverage"],
-            [[code, n, name, counts[cat, n], ""]
-             for code, (n, name) in enumerate(zip(numbers, names[cat], strict=True), 1)],
-        )  # fmt: skip
+            [
+                [code, n, name, counts[cat, n], ""]
+                for code, (n, name) in enumerate(zip(numbers, names[cat], strict=True), 1)
+            ],
+        )
         label_rows += [
-            [number[cat, name], name, f"{cat}({counts[cat, number[cat, name]]})",
-             counts[cat, number[cat, name]], "", ""]
+            [
+                number[cat, name],
+                name,
+                f"{cat}({counts[cat, number[cat, name]]})",
+                counts[cat, number[cat, name]],
+                "",
+                "",
+            ]
             for name in names[cat]
-        ]  # fmt: skip
-    _write_csv(root / "category.csv", ["name", "first", "last", "count", "frequency"],
-               category_rows)  # fmt: skip
-    _write_csv(root / "label.csv", ["number", "name", "category", "frequency", "coverage",
-                                    "syns"], sorted(label_rows))  # fmt: skip
+        ]
+    _write_csv(
+        root / "category.csv", ["name", "first", "last", "count", "frequency"], category_rows
+    )
+    _write_csv(
+        root / "label.csv",
+        ["number", "name", "category", "frequency", "coverage", "syns"],
+        sorted(label_rows),
+    )
     (root / "README.txt").write_text(
         "cvinterp offline concept probe: a stand-in for Broden in Broden's layout, NOT Broden.\n"
         f"{images} images of {size} px composed from the bundled photos (scene), GIMP texture\n"

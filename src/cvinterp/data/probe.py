@@ -81,6 +81,23 @@ class FolderProbe:
             yield pre(images).to(device)
 
 
+# Bundled photos whose ImageNet class is known: a check that imported weights really work, and
+# the labelled images of an ImageNet net offline.
+IMAGENET_CHECK = {
+    "grace_hopper": {457: "bow tie", 906: "Windsor tie"},
+    "coffee": {967: "espresso"},
+    "chelsea": {281: "tabby", 282: "tiger cat", 283: "Persian cat", 285: "Egyptian cat"},
+    "motorcycle": {665: "moped", 670: "motor scooter"},
+}
+
+
+def centre_square(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize the short side to `size` and take the central square (uint8 HWC)."""
+    im = resize_short_side(img, size)
+    y0, x0 = (im.shape[0] - size) // 2, (im.shape[1] - size) // 2
+    return im[y0 : y0 + size, x0 : x0 + size]
+
+
 def photo_crops(size: int, n: int, seed: int) -> ImageData:
     """`n` random size x size crops of the bundled photos, each photo first resized to a short
     side of 1.5 x size; labelled by photo. Deterministic for a seed."""

@@ -9,10 +9,14 @@ stated); `to_input` maps them into the network's normalised input.
 - `yosinski`: plain gradient ascent with L2 decay, a Gaussian blur every few steps, and clipping
   of pixels with a small norm or a small contribution (Yosinski et al. 2015, Table 1);
 - `erhan`: gradient ascent on the sphere ||x|| = rho (Erhan et al. 2009's norm constraint).
+
+`actmax(model, target, ...)` is the face for notebooks: either method for classes or units of
+any model, from a seeded start, returning displayable RGB images.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvinterp.instrument import Instrument
+from cvinterp.instrument import Instrument, gradients_on, normal_tensor
+from cvinterp.models import IMAGENET_RGB, Preprocessing
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,9 @@ def pixel_space(pre):
     0-255 with the mean removed, in the network's channel order. to_input(u) is the network's
     input; u + mean are the pixels; bounds (low, high) keep them in 0-255."""
     scale = 255.0 / pre.value_range
-    mean = torch.tensor(pre.mean).view(1, -1, 1, 1) * scale
-    std = torch.tensor(pre.std).view(1, -1, 1, 1) * scale
+    with torch.inference_mode(False):  # normal tensors: autograd saves std for backward
+        mean = torch.tensor(pre.mean).view(1, -1, 1, 1) * scale
+        std = torch.tensor(pre.std).view(1, -1, 1, 1) * scale
     return (lambda u: u / std.to(u.device, u.dtype)), mean, (-mean, 255 - mean)
 
 
@@ -71,7 +77,8 @@ def unit_objective(
     """x (N, C, H, W) -> (N,) activation of unit units[i] in image i.
 
     `layer` is a module path (None: the model's output). For a conv layer, `where` picks the
-    unit's activation at the map's centre (Yosinski et al.) or its spatial mean.
+    unit's activation at the map's centre (Yosinski et al.) or its spatial mean. `units` may be
+    made under `torch.inference_mode()`: the objective still back-propagates.
     """
     if where not in ("centre", "mean"):
         raise ValueError(f"where must be 'centre' or 'mean', not {where!r}")
@@ -83,7 +90,7 @@ def unit_objective(
             with Instrument(model, [layer], stop_early=True) as ins:
                 ins.forward(x)
                 a = ins[layer]
-        a = a[torch.arange(len(x), device=x.device), units.to(x.device)]
+        a = a[torch.arange(len(x), device=x.device), normal_tensor(units.to(x.device))]
         if a.ndim == 3:  # (N, H, W)
             h, w = a.shape[1:]
             a = a[:, h // 2, w // 2] if where == "centre" else a.mean((1, 2))
@@ -112,6 +119,7 @@ def _below_percentile(score: torch.Tensor, pct: float) -> torch.Tensor:
     return (score < q)[:, None]
 
 
+@gradients_on()
 def yosinski(
     objective: Callable[[torch.Tensor], torch.Tensor],
     start: torch.Tensor,
@@ -124,7 +132,8 @@ def yosinski(
     """Regularised gradient ascent (Yosinski et al. 2015) of a batch of images in pixel units.
 
     `bounds` (low, high), broadcastable to the images, keeps pixels valid; `iterations`
-    overrides the setting's (the default profile runs fewer).
+    overrides the setting's (the default profile runs fewer). Works under `torch.no_grad()` and
+    `torch.inference_mode()`.
     """
     x = start.detach().clone()
     steps = setting.iterations if iterations is None else iterations
@@ -154,6 +163,7 @@ def yosinski(
     return Result(x.detach(), first, final, {**asdict(setting), "iterations": steps})
 
 
+@gradients_on()
 def erhan(
     objective: Callable[[torch.Tensor], torch.Tensor],
     start: torch.Tensor,
@@ -164,7 +174,8 @@ def erhan(
 ) -> Result:
     """Gradient ascent on the sphere ||x|| = rho (Erhan et al. 2009): a step along the
     normalised gradient (a fraction `step` of rho), then a projection back onto the sphere.
-    The objective takes the images as they are (already in the network's input space)."""
+    The objective takes the images as they are (already in the network's input space). Works
+    under `torch.no_grad()` and `torch.inference_mode()`."""
 
     def project(v: torch.Tensor) -> torch.Tensor:
         return v * (rho / v.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, *[1] * (v.ndim - 1))
@@ -198,3 +209,105 @@ def pairwise_correlation(images: torch.Tensor, groups: torch.Tensor) -> tuple[fl
     within = r[same & off]
     between = r[~same]
     return float(within.mean()), float(between.mean()) if len(between) else float("nan")
+
+
+@dataclass
+class Visualisation:
+    """The images `actmax` synthesised, one per target."""
+
+    images: torch.Tensor  # (N, C, H, W) RGB in [0, 1], for display
+    target: torch.Tensor  # (N,) the class or unit each image maximises
+    start: torch.Tensor  # (N,) the objective at the start
+    final: torch.Tensor  # (N,) the objective at the end
+    inputs: torch.Tensor  # (N, C, H, W) the optimised images as the network takes them
+    settings: dict  # the method and its settings
+
+
+def actmax(
+    model: nn.Module,
+    target,
+    *,
+    layer: str | None = None,
+    method: str = "yosinski",
+    setting: int = 1,
+    iterations: int | None = None,
+    size: int | None = None,
+    channels: int = 3,
+    preprocessing: Preprocessing = IMAGENET_RGB,
+    where: str = "centre",
+    rho: float | None = None,
+    step: float = 0.05,
+    seed: int = 0,
+    progress=None,
+) -> Visualisation:
+    """Synthesise an image that excites each target most: a class of the model's output, or
+    with `layer` (a module path) a unit of that layer (its activation at the map's centre, or
+    its spatial mean with `where="mean"`).
+
+    target: an int, a list or a tensor of classes / units; one image each, all in one batch.
+    method="yosinski": regularised gradient ascent in pixel units from the mean image plus
+    noise, with setting `setting` (1-4) of Yosinski et al. 2015's Table 1 (`YOSINSKI_SETTINGS`;
+    `iterations` overrides its count); the pixels stay valid, so `images` are the pixels.
+    method="erhan": gradient ascent on the sphere ||x|| = rho in the network's input space
+    (Erhan et al. 2009) from uniform noise, `iterations` steps (default 1000) of `step` * rho;
+    rho defaults to the norm of that noise after preprocessing (pass the mean norm of your
+    preprocessed images); `images` are stretched to [0, 1] per image.
+    size, channels: the input's side and channels (size defaults to the preprocessing's input
+    size); preprocessing: how pixels become the network's input (torchvision's ImageNet
+    normalisation by default). Seeded by `seed`; on the model's device; works under
+    `torch.no_grad()` and `torch.inference_mode()`. Puts the model in eval mode.
+    """
+    if method not in ("yosinski", "erhan"):
+        raise ValueError(f"method must be 'yosinski' or 'erhan', not {method!r}")
+    if method == "yosinski" and setting not in YOSINSKI_SETTINGS:
+        raise ValueError(f"setting must be one of {sorted(YOSINSKI_SETTINGS)}, not {setting!r}")
+    size = size or preprocessing.input_size
+    if not size:
+        raise ValueError("actmax: give the input size (size=...): the preprocessing has none")
+    model.eval()
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    with gradients_on():
+        units = torch.as_tensor(target).long().flatten().to(device)
+        objective = unit_objective(model, layer, units, where)
+        gen = torch.Generator().manual_seed(seed)
+        shape = (len(units), channels, size, size)
+        if method == "yosinski":
+            to_input, mean, bounds = pixel_space(preprocessing)
+            mean, bounds = mean.to(device, dtype), tuple(b.to(device, dtype) for b in bounds)
+            start = (torch.randn(shape, generator=gen) * 10).to(device, dtype)  # mean + noise
+            res = yosinski(
+                objective, start, to_input, YOSINSKI_SETTINGS[setting], bounds, iterations, progress
+            )
+            inputs = to_input(res.images)
+            rgb = ((res.images + mean) / 255).clamp(0, 1)
+            settings = {"method": method, "setting": setting, **res.settings}
+        else:
+            noise = torch.rand(shape, generator=gen).to(device, dtype)
+            start = preprocessing.from_unit(noise)
+            if rho is None:
+                rho = float(start.flatten(1).norm(dim=1).mean())
+            res = erhan(
+                objective, start, rho, 1000 if iterations is None else iterations, step, progress
+            )
+            inputs = res.images
+            rgb = _stretch(_unnormalise(inputs, preprocessing))
+            settings = {"method": method, **res.settings}
+        if preprocessing.bgr:
+            rgb = rgb.flip(1)
+    return Visualisation(rgb.detach(), units, res.start, res.final, inputs.detach(), settings)
+
+
+def _unnormalise(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """The network's input -> pixels on [0, 1] (in the network's channel order)."""
+    mean = torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x * std + mean) / pre.value_range
+
+
+def _stretch(x: torch.Tensor) -> torch.Tensor:
+    """Each image min-max stretched to [0, 1]."""
+    low = x.flatten(1).min(1).values.view(-1, 1, 1, 1)
+    high = x.flatten(1).max(1).values.view(-1, 1, 1, 1)
+    return (x - low) / (high - low).clamp_min(1e-12)

@@ -22,19 +22,26 @@ For every unit k of a layer:
 - `per_category`: for each category, the units whose best concept within it passes the
   threshold, unique = distinct such labels, summed over categories (the rule behind the paper's
   figures: CaffeNet ImageNet conv5 has 61).
+
+`dissect(model, layer, probe)` is the face for notebooks (a Broden folder, or image and mask
+pairs held in memory); `dissect_layers` is the engine the experiments call.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cvinterp.data.broden import BrodenDataset
+from cvinterp.instrument import model_device
+from cvinterp.models import IMAGENET_RGB, Preprocessing
 
 QUANTILE = 0.005
 IOU_THRESHOLD = 0.04
@@ -266,7 +273,11 @@ class ProbeItems(torch.utils.data.Dataset):
     def image(self, index: int) -> np.ndarray:
         from PIL import Image
 
-        with Image.open(self.ds.image_path(index)) as im:
+        if isinstance(self.ds, BrodenDataset):
+            im = Image.open(self.ds.image_path(index))
+        else:  # a probe held in memory
+            im = Image.fromarray(self.ds.item(index)["image"])
+        with im:
             im = im.convert("RGB")
             if im.size != (self.size, self.size):
                 im = im.resize((self.size, self.size), Image.BILINEAR)
@@ -334,7 +345,7 @@ def _loader(items: ProbeItems, batch_size: int, workers: int):
 
 
 @torch.no_grad()
-def dissect(
+def dissect_layers(
     model: torch.nn.Module,
     pre,
     paths: list[str],
@@ -425,6 +436,170 @@ def dissect(
             tops[p].result().index.numpy(),
         )
     return results, clock.seconds
+
+
+class MemoryProbe:
+    """A probe set held in memory, read as a `BrodenDataset` is.
+
+    pairs: (image uint8 (H, W, 3) RGB, {category: labels}), where labels is an integer mask
+    (sh, sw) of label numbers (0: unlabelled) or a stack of them (k, sh, sw), or an int or a
+    list of ints that label the whole image. Every mask of the probe has one shape (the images
+    may differ: they are resized for the network). Label numbers are shared by all categories,
+    as in Broden; a label is scored in the category it occurs in most often (its primary
+    category; ties go to the category seen first). labels: {number: name} (default: the number).
+    """
+
+    def __init__(self, pairs: Iterable, labels: Mapping[int, str] | None = None):
+        self.categories: list[str] = []
+        self.entries: list[tuple[np.ndarray, dict, dict]] = []
+        counts: dict[int, dict[str, int]] = {}
+        self.mask_shape: tuple[int, int] | None = None
+        for i, (image, by_category) in enumerate(pairs):
+            image = np.asarray(image)
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(
+                    f"probe image {i}: expected uint8 (H, W, 3) RGB, got {image.dtype} "
+                    f"{image.shape}"
+                )
+            masks, whole = {}, {}
+            for category, value in by_category.items():
+                if category not in self.categories:
+                    self.categories.append(category)
+                value = np.asarray(value)
+                if value.dtype.kind not in "iu":
+                    raise ValueError(f"probe image {i}, {category}: labels must be integers")
+                if value.ndim <= 1:
+                    whole[category] = [int(n) for n in value.ravel() if n]
+                    numbers = set(whole[category])
+                elif value.ndim in (2, 3):
+                    stack = value.reshape(-1, *value.shape[-2:]).astype(np.int32)
+                    if self.mask_shape is None:
+                        self.mask_shape = stack.shape[1:]
+                    if stack.shape[1:] != self.mask_shape:
+                        raise ValueError(
+                            f"probe image {i}, {category}: mask of shape {stack.shape[1:]}; "
+                            f"every mask of a probe has one shape (here {self.mask_shape})"
+                        )
+                    masks[category] = stack
+                    numbers = set(np.unique(stack).tolist()) - {0}
+                else:
+                    raise ValueError(f"probe image {i}, {category}: labels of shape {value.shape}")
+                if any(n < 0 for n in numbers):
+                    raise ValueError(f"probe image {i}, {category}: negative label number")
+                for n in numbers:
+                    per = counts.setdefault(n, {})
+                    per[category] = per.get(category, 0) + 1
+            self.entries.append((image, masks, whole))
+        if not self.entries:
+            raise ValueError("the probe has no images")
+        if self.mask_shape is None:  # whole-image labels only
+            self.mask_shape = self.entries[0][0].shape[:2]
+        names = dict(labels or {})
+        order = {c: i for i, c in enumerate(self.categories)}
+        self.labels: list[tuple[int, str, str]] = [
+            (n, str(names.get(n, n)), max(per, key=lambda c, per=per: (per[c], -order[c])))
+            for n, per in sorted(counts.items())
+        ]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def item(self, index: int, image: bool = True) -> dict:
+        pixels, masks, whole = self.entries[index]
+        return {
+            "image": pixels if image else None,
+            "masks": masks,
+            "image_labels": whole,
+            "mask_shape": self.mask_shape,
+        }
+
+
+@dataclass
+class Dissection:
+    """Network Dissection of one layer: each unit's best concept, and the detector counts."""
+
+    concept: list[str]  # (U,) the name of each unit's best concept
+    category: list[str]  # (U,) that concept's category
+    iou: np.ndarray  # (U,) its IoU
+    detector: np.ndarray  # (U,) bool: the IoU exceeds `iou_threshold`
+    thresholds: np.ndarray  # (U,) each unit's activation threshold T_k
+    detectors: dict  # `count_detectors`: per rule, detector units, unique detectors, by category
+    iou_threshold: float
+    concepts: Concepts  # every concept of the probe: names, categories
+    result: LayerDissection  # everything: IoU (U, C), best concept per category, top images
+
+
+def dissect(
+    model: torch.nn.Module,
+    layer: str | list[str],
+    probe,
+    *,
+    labels: Mapping[int, str] | None = None,
+    preprocessing: Preprocessing = IMAGENET_RGB,
+    size: int | None = None,
+    quantile: float = QUANTILE,
+    iou_threshold: float = IOU_THRESHOLD,
+    rectify: bool = True,
+    batch_size: int = 32,
+    top_k: int = 4,
+    device=None,
+    workers: int = 0,
+) -> Dissection | dict[str, Dissection]:
+    """Network Dissection of `layer` (a module path; or a list of them, dissected in the same
+    passes: returns {path: Dissection}).
+
+    probe: a folder in the Broden layout (its own label names), or an iterable of
+    (image uint8 (H, W, 3), {category: integer label mask}) pairs (see `MemoryProbe`; `labels`
+    {number: name} names their labels). Images are resized to `size` (default: the
+    preprocessing's input size) and preprocessed by `preprocessing` (a `Preprocessing`,
+    default torchvision's ImageNet normalisation). Unit maps are read after a ReLU
+    (`rectify`), thresholded at their top `quantile`, and a unit detects its best concept when
+    their IoU exceeds `iou_threshold`. Runs on the model's device (or `device`); puts the model
+    in eval mode.
+    """
+    pre = preprocessing
+    size = size or pre.input_size
+    if not size:
+        raise ValueError("dissect: give the input size (size=...): the preprocessing has none")
+    if isinstance(probe, (str, Path)):
+        if labels is not None:
+            raise ValueError("a Broden folder names its labels itself (label.csv): drop labels=")
+        ds = BrodenDataset(probe)
+    else:
+        ds = MemoryProbe(probe, labels)
+    device = torch.device(device) if device is not None else model_device(model)
+    device = device or torch.device("cpu")
+    paths = [layer] if isinstance(layer, str) else list(layer)
+    results, _ = dissect_layers(
+        model,
+        pre,
+        paths,
+        ds,
+        size=size,
+        device=device,
+        quantile=quantile,
+        batch_size=batch_size,
+        workers=workers,
+        top_k=top_k,
+        rectify=rectify,
+        progress="dissect",
+    )
+    concepts = Concepts.of(ds)
+    out = {}
+    for path, res in results.items():
+        best = res.labels.best if len(concepts) else []
+        out[path] = Dissection(
+            concept=[concepts.names[c] for c in best],
+            category=[concepts.categories[concepts.category[c]] for c in best],
+            iou=res.labels.best_iou,
+            detector=res.labels.best_iou > iou_threshold,
+            thresholds=res.thresholds,
+            detectors=count_detectors(res.labels, concepts, iou_threshold),
+            iou_threshold=iou_threshold,
+            concepts=concepts,
+            result=res,
+        )
+    return out[layer] if isinstance(layer, str) else out
 
 
 def unit_maps(

@@ -43,8 +43,10 @@ def tsne(features: np.ndarray, settings: TSNESettings, seed: int, threads: int =
 
     s = settings
     if not s.exaggeration_iterations <= s.momentum_switch <= s.iterations:
-        raise ValueError("t-SNE settings need exaggeration_iterations <= momentum_switch <= "
-                         f"iterations, got {asdict(s)}")  # fmt: skip
+        raise ValueError(
+            "t-SNE settings need exaggeration_iterations <= momentum_switch <= "
+            f"iterations, got {asdict(s)}"
+        )
     x = pca(features, s.pca_dims, seed)
     aff = affinity.PerplexityBasedNN(
         x, perplexity=s.perplexity, method="exact", n_jobs=threads, random_state=seed
@@ -54,9 +56,13 @@ def tsne(features: np.ndarray, settings: TSNESettings, seed: int, threads: int =
     # paper's step eta is openTSNE's learning rate 4 * eta
     lr = 4 * s.learning_rate
     emb = TSNEEmbedding(
-        init, aff, learning_rate=lr, negative_gradient_method=s.gradient,
-        n_jobs=threads, random_state=seed,
-    )  # fmt: skip
+        init,
+        aff,
+        learning_rate=lr,
+        negative_gradient_method=s.gradient,
+        n_jobs=threads,
+        random_state=seed,
+    )
     phases = [
         (s.exaggeration_iterations, s.early_exaggeration, s.momentum),
         (s.momentum_switch - s.exaggeration_iterations, None, s.momentum),
@@ -64,8 +70,9 @@ def tsne(features: np.ndarray, settings: TSNESettings, seed: int, threads: int =
     ]
     for n_iter, exaggeration, momentum in phases:
         if n_iter:
-            emb = emb.optimize(n_iter, exaggeration=exaggeration, momentum=momentum,
-                               learning_rate=lr)  # fmt: skip
+            emb = emb.optimize(
+                n_iter, exaggeration=exaggeration, momentum=momentum, learning_rate=lr
+            )
     return np.asarray(emb)
 
 
@@ -75,8 +82,9 @@ class MapQuality:
     trustworthiness: float  # Venna & Kaski: are the map's neighbours neighbours in the input?
 
 
-def quality(features: np.ndarray, points: np.ndarray, labels: np.ndarray, k: int = 10,
-            trust_k: int = 12) -> MapQuality:  # fmt: skip
+def quality(
+    features: np.ndarray, points: np.ndarray, labels: np.ndarray, k: int = 10, trust_k: int = 12
+) -> MapQuality:
     """How well a 2-D map keeps classes and neighbourhoods (scikit-learn)."""
     from sklearn.manifold import trustworthiness
     from sklearn.neighbors import KNeighborsClassifier

@@ -47,14 +47,16 @@ def group_stats(kernels: torch.Tensor, groups: int) -> list[dict]:
     sel = colour_selectivity(kernels).numpy()
     out = []
     for g, part in enumerate(np.array_split(sel, groups)):
-        out.append({
-            "group": g + 1,
-            "n_filters": int(part.size),
-            "mean_selectivity": float(part.mean()),
-            "median_selectivity": float(np.median(part)),
-            "fraction_colour_specific": float((part > 0.5).mean()),
-            "selectivity": [round(float(v), 5) for v in part],
-        })  # fmt: skip
+        out.append(
+            {
+                "group": g + 1,
+                "n_filters": int(part.size),
+                "mean_selectivity": float(part.mean()),
+                "median_selectivity": float(np.median(part)),
+                "fraction_colour_specific": float((part > 0.5).mean()),
+                "selectivity": [round(float(v), 5) for v in part],
+            }
+        )
     return out
 
 

@@ -12,7 +12,8 @@
 
 Images are float (N, C, H, W) in [0, 1], RGB (or grey); `to_input` maps them into the network's
 normalised input (`Preprocessing.from_unit`). A layer is a module path, or None for the input
-itself (the identity: inversion must give the image back).
+itself (the identity: inversion must give the image back). `dip_invert`, `tv_invert` and
+`train_inverters` work under `torch.no_grad()` and `torch.inference_mode()`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvinterp.instrument import Instrument
+from cvinterp.instrument import Instrument, gradients_on, normal_tensor
 
 
 def features(model: nn.Module, x: torch.Tensor, layers: Sequence[str | None]) -> list:
@@ -46,8 +47,12 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _per_image_feature_loss(model, x_in, layers, targets) -> torch.Tensor:
     """Image i's relative feature error at layers[i] (one forward pass for all)."""
     feats = features(model, x_in, layers)
-    return torch.stack([relative_error(f[i : i + 1], t)[0]
-                        for i, (f, t) in enumerate(zip(feats, targets, strict=True))])  # fmt: skip
+    return torch.stack(
+        [
+            relative_error(f[i : i + 1], t)[0]
+            for i, (f, t) in enumerate(zip(feats, targets, strict=True))
+        ]
+    )
 
 
 # --- deep image prior (Ulyanov et al. 2018) -----------------------------------------------
@@ -83,8 +88,14 @@ class SkipNet(nn.Module):
     sigmoid. Input: (N, in_channels, H, W) noise; output (N, out_channels, H, W) in [0, 1].
     """
 
-    def __init__(self, in_channels: int, out_channels: int, channels: Sequence[int],
-                 kernels: Sequence[int], skip: int):  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int],
+        kernels: Sequence[int],
+        skip: int,
+    ):
         super().__init__()
         if len(channels) != len(kernels):
             raise ValueError("the generator needs one kernel size per level")
@@ -127,12 +138,24 @@ class Inversion:
     history: list  # mean loss every `log_every` steps
 
 
+@gradients_on()
 def dip_invert(
-    model: nn.Module, to_input: Callable, targets: Sequence[torch.Tensor],
-    layers: Sequence[str | None], size: int, channels: int, *, generator: dict,
-    iterations: int, lr: float = 1e-3, input_depth: int = 32, seed: int = 0,
-    dtype: torch.dtype = torch.float32, log_every: int = 50, progress=None,
-) -> Inversion:  # fmt: skip
+    model: nn.Module,
+    to_input: Callable,
+    targets: Sequence[torch.Tensor],
+    layers: Sequence[str | None],
+    size: int,
+    channels: int,
+    *,
+    generator: dict,
+    iterations: int,
+    lr: float = 1e-3,
+    input_depth: int = 32,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    log_every: int = 50,
+    progress=None,
+) -> Inversion:
     """Deep-image-prior inversions of target features, one per (target, layer), all fitted at
     once: a SkipNet per inversion (the authors' channels, kernels and skip width in
     `generator`; levels that would shrink the map below 2x2 are dropped), relative feature
@@ -144,8 +167,15 @@ def dip_invert(
     with torch.random.fork_rng(devices=[]):
         for i in range(len(targets)):  # inversion i: its own generator and noise, seed + i
             torch.manual_seed(seed + i)
-            nets.append(SkipNet(input_depth, channels, generator["channels"][:n_levels],
-                                generator["kernels"][:n_levels], generator["skip"]))  # fmt: skip
+            nets.append(
+                SkipNet(
+                    input_depth,
+                    channels,
+                    generator["channels"][:n_levels],
+                    generator["kernels"][:n_levels],
+                    generator["skip"],
+                )
+            )
             z.append(torch.rand(1, input_depth, size, size) * 0.1)
     nets = nets.to(dev, dtype).train()
     z = torch.stack(z).to(dev, dtype)
@@ -153,20 +183,40 @@ def dip_invert(
     def generate() -> torch.Tensor:
         return torch.cat([net(zi) for net, zi in zip(nets, z, strict=True)])
 
-    return _fit(model, to_input, generate, nets.parameters(), layers, targets,
-                iterations=iterations, lr=lr, dtype=dtype, log_every=log_every,
-                progress=progress)  # fmt: skip
+    return _fit(
+        model,
+        to_input,
+        generate,
+        nets.parameters(),
+        layers,
+        targets,
+        iterations=iterations,
+        lr=lr,
+        dtype=dtype,
+        log_every=log_every,
+        progress=progress,
+    )
 
 
 def _fit(
-    model, to_input, images: Callable[[], torch.Tensor], params, layers, targets, *,
-    iterations: int, lr: float, dtype, log_every: int, progress,
+    model,
+    to_input,
+    images: Callable[[], torch.Tensor],
+    params,
+    layers,
+    targets,
+    *,
+    iterations: int,
+    lr: float,
+    dtype,
+    log_every: int,
+    progress,
     penalty: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> Inversion:  # fmt: skip
+) -> Inversion:
     """Adam on `params` until the features of `images()` match the targets (relative error,
     plus a per-image `penalty` of the images); the images and their final feature errors."""
     opt = torch.optim.Adam(params, lr=lr)
-    targets = [t.detach().to(dtype) for t in targets]
+    targets = [normal_tensor(t.detach().to(dtype)) for t in targets]
     history = []
     for step in range(iterations):
         opt.zero_grad(set_to_none=True)
@@ -196,25 +246,52 @@ def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
     return (dx.pow(2) + dy.pow(2)).add(1e-8).pow(beta / 2).flatten(1).mean(1)
 
 
+@gradients_on()
 def tv_invert(
-    model: nn.Module, to_input: Callable, targets: Sequence[torch.Tensor],
-    layers: Sequence[str | None], size: int, channels: int, *, iterations: int,
-    tv_weight: float, beta: float = 2.0, lr: float = 0.05, seed: int = 0,
-    dtype: torch.dtype = torch.float32, log_every: int = 50, progress=None,
-) -> Inversion:  # fmt: skip
+    model: nn.Module,
+    to_input: Callable,
+    targets: Sequence[torch.Tensor],
+    layers: Sequence[str | None],
+    size: int,
+    channels: int,
+    *,
+    iterations: int,
+    tv_weight: float,
+    beta: float = 2.0,
+    lr: float = 0.05,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    log_every: int = 50,
+    progress=None,
+) -> Inversion:
     """Fit the pixels (through a sigmoid, so they stay in [0, 1]) to the target features with
     a total-variation penalty; all inversions in one batch, Adam."""
     dev = targets[0].device
-    logits = torch.stack([  # inversion i starts from seed + i
-        torch.randn(channels, size, size, generator=torch.Generator().manual_seed(seed + i))
-        for i in range(len(targets))
-    ]) * 0.1  # fmt: skip
+    logits = (
+        torch.stack(
+            [  # inversion i starts from seed + i
+                torch.randn(channels, size, size, generator=torch.Generator().manual_seed(seed + i))
+                for i in range(len(targets))
+            ]
+        )
+        * 0.1
+    )
     logits = logits.to(dev, dtype)
     logits.requires_grad_(True)
-    return _fit(model, to_input, lambda: torch.sigmoid(logits), [logits], layers, targets,
-                iterations=iterations, lr=lr, dtype=dtype, log_every=log_every,
-                progress=progress,
-                penalty=lambda x: tv_weight * total_variation(x, beta))  # fmt: skip
+    return _fit(
+        model,
+        to_input,
+        lambda: torch.sigmoid(logits),
+        [logits],
+        layers,
+        targets,
+        iterations=iterations,
+        lr=lr,
+        dtype=dtype,
+        log_every=log_every,
+        progress=progress,
+        penalty=lambda x: tv_weight * total_variation(x, beta),
+    )
 
 
 # --- learned inverters (Dosovitskiy & Brox 2016) --------------------------------------------
@@ -257,11 +334,16 @@ class Critic(nn.Module):
     def __init__(self, channels: int, width: int = 32):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, width * 2, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width * 2, width * 4, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width * 4, 1),
-        )  # fmt: skip
+            nn.Conv2d(channels, width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, width * 2, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width * 2, width * 4, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(width * 4, 1),
+        )
 
     def forward(self, x):
         return self.net(x)[:, 0]
@@ -274,11 +356,23 @@ class LossWeights:
     adversarial: float = 0.0
 
 
+@gradients_on()
 def train_inverters(
-    model: nn.Module, to_input: Callable, batches: Callable, layers: dict[str, str],
-    losses: dict[str, LossWeights], size: int, channels: int, *, epochs: int, lr: float,
-    width: int, seed: int, device, progress=None,
-) -> dict[tuple[str, str], Decoder]:  # fmt: skip
+    model: nn.Module,
+    to_input: Callable,
+    batches: Callable,
+    layers: dict[str, str],
+    losses: dict[str, LossWeights],
+    size: int,
+    channels: int,
+    *,
+    epochs: int,
+    lr: float,
+    width: int,
+    seed: int,
+    device,
+    progress=None,
+) -> dict[tuple[str, str], Decoder]:
     """Train one decoder per (layer, loss) on the images `batches()` yields ([0, 1] float).
 
     All decoders see the same batches; the network runs once per batch on the originals and
@@ -291,19 +385,24 @@ def train_inverters(
         shapes = [f.shape[1:] for f in features(model, to_input(blank), paths)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        decoders = {(n, loss): Decoder(s, size, channels, width).to(device)
-                    for n, s in zip(names, shapes, strict=True) for loss in losses}  # fmt: skip
-        critics = {key: Critic(channels).to(device) for key in decoders
-                   if losses[key[1]].adversarial}  # fmt: skip
-    opt = torch.optim.Adam([p for d in decoders.values() for p in d.parameters()], lr=lr,
-                           betas=(0.9, 0.999))  # fmt: skip
+        decoders = {
+            (n, loss): Decoder(s, size, channels, width).to(device)
+            for n, s in zip(names, shapes, strict=True)
+            for loss in losses
+        }
+        critics = {
+            key: Critic(channels).to(device) for key in decoders if losses[key[1]].adversarial
+        }
+    opt = torch.optim.Adam(
+        [p for d in decoders.values() for p in d.parameters()], lr=lr, betas=(0.9, 0.999)
+    )
     opt_c = critics and torch.optim.Adam(
         [p for c in critics.values() for p in c.parameters()], lr=lr, betas=(0.5, 0.999)
     )
     need_feat = [key for key in decoders if losses[key[1]].feature]
     for _ in range(epochs):
         for x in batches():
-            x = x.to(device)
+            x = normal_tensor(x.to(device))
             with torch.no_grad():
                 feats = dict(zip(names, features(model, to_input(x), paths), strict=True))
             recon = {key: d(feats[key[0]]) for key, d in decoders.items()}
@@ -325,8 +424,10 @@ def train_inverters(
             opt.step()
             if critics:
                 opt_c.zero_grad(set_to_none=True)
-                c_loss = sum(F.softplus(-c(x)).mean() + F.softplus(c(recon[key].detach())).mean()
-                             for key, c in critics.items())  # fmt: skip
+                c_loss = sum(
+                    F.softplus(-c(x)).mean() + F.softplus(c(recon[key].detach())).mean()
+                    for key, c in critics.items()
+                )
                 c_loss.backward()
                 opt_c.step()
             if progress is not None:

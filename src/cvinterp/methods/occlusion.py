@@ -19,11 +19,13 @@ from cvinterp.instrument import Instrument
 
 @dataclass
 class OcclusionMaps:
-    p_true: np.ndarray  # (ny, nx) p(true class) with the square at each position
+    """The maps of one image, one value per position of the grey square (ny, nx)."""
+
+    p_true: np.ndarray  # (ny, nx) p(target class) with the square at each position
     label: np.ndarray  # (ny, nx) most likely class
-    feature: np.ndarray  # (ny, nx) total activation of the strongest feature map
-    feature_unit: int  # which feature map
-    p_true_clean: float
+    feature: np.ndarray | None  # (ny, nx) total activation of the strongest feature map (layer)
+    feature_unit: int | None  # which feature map (None without a layer)
+    p_true_clean: float  # p(target class) of the unoccluded image
     boxes: np.ndarray  # (ny*nx, 4) y0, y1, x0, x1 of the square
 
 
@@ -34,6 +36,13 @@ def positions(
     and the grid's shape."""
     if window > min(size):
         raise ValueError(f"occlusion window {window} is larger than the image {size}")
+    if stride < 1:
+        raise ValueError(f"occlusion stride must be at least 1, not {stride}")
+    if stride > window:
+        raise ValueError(
+            f"occlusion stride {stride} is larger than the window {window}: the pixels between "
+            f"two positions would never be occluded; use a stride of at most {window}"
+        )
     out = []
     for n in size:
         starts = list(range(0, n - window + 1, stride))
@@ -48,20 +57,32 @@ def positions(
 def occlusion(
     model: nn.Module,
     x: torch.Tensor,
-    true_class: int,
-    layer: str,
+    target: int,
     *,
     window: int,
     stride: int,
+    layer: str | None = None,
     batch_size: int = 128,
 ) -> OcclusionMaps:
-    """Occlusion maps of one preprocessed image x (C, H, W)."""
+    """Occlusion maps of one preprocessed image x (C, H, W) for class `target`.
+
+    A `window`-pixel square set to 0 (the mean pixel after normalisation) slides by `stride`
+    (at most the window: every pixel is occluded at least once), `batch_size` positions per
+    forward pass. With `layer` (a module path) the feature-map fields follow the feature map of
+    that layer most active on the clean image; without, they are None. Puts the model in eval
+    mode.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"x must be one image (C, H, W), not of shape {tuple(x.shape)}")
     model.eval()
+    target = int(target)
     corners, grid = positions(tuple(x.shape[1:]), window, stride)
-    with Instrument(model, [layer], detach=True) as ins:
-        p_clean = model(x[None]).softmax(1)[0, true_class].item()
-        act = ins[layer][0]
-        unit = int(act.flatten(1).sum(1).argmax()) if act.dim() > 1 else int(act.argmax())
+    with Instrument(model, [layer] if layer else [], detach=True) as ins:
+        p_clean = model(x[None]).softmax(1)[0, target].item()
+        unit = None
+        if layer:
+            act = ins[layer][0]
+            unit = int(act.flatten(1).sum(1).argmax()) if act.dim() > 1 else int(act.argmax())
         p, label, feat = [], [], []
         for start in range(0, len(corners), batch_size):
             chunk = corners[start : start + batch_size]
@@ -69,17 +90,18 @@ def occlusion(
             for i, (y0, x0) in enumerate(chunk):
                 xb[i, :, y0 : y0 + window, x0 : x0 + window] = 0.0
             prob = model(xb).softmax(1)
-            p.append(prob[:, true_class])
+            p.append(prob[:, target])
             label.append(prob.argmax(1))
-            a = ins[layer][:, unit]
-            feat.append(a.flatten(1).sum(1) if a.dim() > 1 else a)
+            if layer:
+                a = ins[layer][:, unit]
+                feat.append(a.flatten(1).sum(1) if a.dim() > 1 else a)
     boxes = np.stack(
         [corners[:, 0], corners[:, 0] + window, corners[:, 1], corners[:, 1] + window], 1
     )
     return OcclusionMaps(
         torch.cat(p).view(grid).cpu().numpy(),
         torch.cat(label).view(grid).cpu().numpy(),
-        torch.cat(feat).view(grid).cpu().numpy(),
+        torch.cat(feat).view(grid).cpu().numpy() if layer else None,
         unit,
         p_clean,
         boxes,

@@ -15,6 +15,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from cvinterp.instrument import gradients_on
 from cvinterp.methods.backward import magnitude, project
 
 
@@ -50,13 +51,15 @@ def cascading_randomisation(
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """For each rule, (steps, images) similarity to the trained model's map; step s has the
-    top s+1 layers of `layers_top_down` (module paths) re-initialised."""
-    original = {r: project(model, x, None, classes, r)[0] for r in rules}
-    randomised = copy.deepcopy(model)
-    sims = {r: [] for r in rules}
-    for step, path in enumerate(layers_top_down):
-        reinitialise(randomised.get_submodule(path), seed + step)
-        for r in rules:
-            maps = project(randomised, x, None, classes, r)[0]
-            sims[r].append(rank_similarity(original[r], maps))
+    top s+1 layers of `layers_top_down` (module paths) re-initialised. Works under
+    `torch.no_grad()` and `torch.inference_mode()`."""
+    with gradients_on():  # the randomised copy's weights must not be inference tensors
+        original = {r: project(model, x, None, classes, r)[0] for r in rules}
+        randomised = copy.deepcopy(model)
+        sims = {r: [] for r in rules}
+        for step, path in enumerate(layers_top_down):
+            reinitialise(randomised.get_submodule(path), seed + step)
+            for r in rules:
+                maps = project(randomised, x, None, classes, r)[0]
+                sims[r].append(rank_similarity(original[r], maps))
     return {r: np.stack(v) for r, v in sims.items()}

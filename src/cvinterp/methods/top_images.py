@@ -8,14 +8,14 @@ one forward pass per batch, a running top-k merged with `torch.topk`, nothing re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from cvinterp.instrument import Instrument
+from cvinterp.instrument import Instrument, gradients_on, model_device
 
 
 @dataclass
@@ -58,32 +58,56 @@ class StreamingTopK:
         return TopK(self.values.cpu(), self.index.cpu(), self.location.cpu(), self.shape)
 
 
+def _batches(images, batch_size: int, device) -> Iterator[torch.Tensor]:
+    """A tensor (N, C, H, W) in batches, or the inputs of an iterable of batches (tensors, or
+    (x, y, ...) tuples as a DataLoader yields them), on `device`."""
+    if isinstance(images, torch.Tensor):
+        batches = images.split(batch_size)
+    else:
+        batches = (b[0] if isinstance(b, (tuple, list)) else b for b in images)
+    for x in batches:
+        yield x if device is None else x.to(device)
+
+
 @torch.no_grad()
 def top_activations(
     model: nn.Module,
-    batches: Iterable[torch.Tensor],
-    layers: list[str],
-    k: int,
+    images: torch.Tensor | Iterable,
+    layer: str | list[str],
+    *,
+    k: int = 9,
+    batch_size: int = 64,
     progress=None,
     observe: Callable[[str, torch.Tensor], None] | None = None,
-) -> dict[str, TopK]:
-    """One pass over `batches` (preprocessed input tensors, in dataset order) -> top-k per unit
-    for every module path in `layers`. `observe(path, activations)`, when given, sees every
-    batch's activations too (other statistics from the same pass)."""
+) -> TopK | dict[str, TopK]:
+    """The k images (dataset indices, in the order the images come) that excite each unit of
+    `layer` most, in one pass.
+
+    images: preprocessed images (N, C, H, W), run `batch_size` at a time, or an iterable of
+    batches (tensors, or (x, y) tuples as a DataLoader yields them), moved to the model's
+    device. layer: a module path (returns its `TopK`) or a list of them (returns {path: TopK},
+    all from the same pass). `observe(path, activations)`, when given, sees every batch's
+    activations too (other statistics from the same pass); `progress` (a tqdm bar) advances by
+    each batch's images. Puts the model in eval mode.
+    """
     model.eval()
-    tops = {layer: StreamingTopK(k) for layer in layers}
+    layers = [layer] if isinstance(layer, str) else list(layer)
+    tops = {path: StreamingTopK(k) for path in layers}
     offset = 0
     with Instrument(model, layers, detach=True, stop_early=True) as ins:
-        for x in batches:
+        for x in _batches(images, batch_size, model_device(model)):
             ins.forward(x)
-            for layer in layers:
-                tops[layer].update(ins[layer], offset)
+            for path in layers:
+                tops[path].update(ins[path], offset)
                 if observe is not None:
-                    observe(layer, ins[layer])
+                    observe(path, ins[path])
             offset += len(x)
             if progress is not None:
                 progress.update(len(x))
-    return {layer: t.result() for layer, t in tops.items()}
+    if offset == 0:
+        raise ValueError("top_activations: no images")
+    result = {path: t.result() for path, t in tops.items()}
+    return result[layer] if isinstance(layer, str) else result
 
 
 @dataclass
@@ -124,26 +148,23 @@ def receptive_field(model: nn.Module, layer: str, in_channels: int, probe: int =
     clipped), and the forward pass stops at the layer, so nets with fixed-size heads work.
     """
     model.eval()
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    x = torch.ones(1, in_channels, probe, probe, device=device, requires_grad=True)
-    with (
-        torch.enable_grad(),
-        Instrument(model, [layer], relu="linear", maxpool="uniform", stop_early=True) as ins,
-    ):
-        ins.forward(x)
-    act = ins[layer]
-    if act.dim() == 2:  # a fully connected layer sees the whole image
-        return Field((0, 0), (0, 0), (0, 0))
-    _, _, h, w = act.shape
-    if h < 3 or w < 3:
-        raise ValueError(f"receptive_field: {layer} is {h}x{w} at {probe} px; raise `probe`")
-    cy, cx = h // 2, w // 2
-    boxes = []
-    for py, px in ((cy, cx), (cy + 1, cx), (cy, cx + 1)):
-        (g,) = torch.autograd.grad(act[0, :, py, px].sum(), x, retain_graph=True)
-        support = g[0].abs().sum(0) > 0
-        ys, xs = support.any(1).nonzero(), support.any(0).nonzero()
-        boxes.append((int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1))
+    with gradients_on():
+        x = torch.ones(1, in_channels, probe, probe, device=model_device(model), requires_grad=True)
+        with Instrument(model, [layer], relu="linear", maxpool="uniform", stop_early=True) as ins:
+            ins.forward(x)
+        act = ins[layer]
+        if act.dim() == 2:  # a fully connected layer sees the whole image
+            return Field((0, 0), (0, 0), (0, 0))
+        _, _, h, w = act.shape
+        if h < 3 or w < 3:
+            raise ValueError(f"receptive_field: {layer} is {h}x{w} at {probe} px; raise `probe`")
+        cy, cx = h // 2, w // 2
+        boxes = []
+        for py, px in ((cy, cx), (cy + 1, cx), (cy, cx + 1)):
+            (g,) = torch.autograd.grad(act[0, :, py, px].sum(), x, retain_graph=True)
+            support = g[0].abs().sum(0) > 0
+            ys, xs = support.any(1).nonzero(), support.any(0).nonzero()
+            boxes.append((int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1))
     (y0, y1, x0, x1), below, right = boxes
     if y0 == 0 or x0 == 0 or y1 == probe or x1 == probe:
         raise ValueError(f"receptive_field: {layer}'s field reaches the probe's border; raise it")

@@ -24,9 +24,15 @@ from cvinterp.models.two_tower import TwoTowerAlexNet
 from cvinterp.safepickle import load_array_pickle
 
 ARCHS = (
-    "two_tower_alexnet", "all_cnn_c", "mlp", "squeezenet1_1", "alexnet", "vgg16", "resnet18",
+    "two_tower_alexnet",
+    "all_cnn_c",
+    "mlp",
+    "squeezenet1_1",
+    "alexnet",
+    "vgg16",
+    "resnet18",
     "resnet152",
-)  # fmt: skip
+)
 
 
 class CheckpointError(RuntimeError):

@@ -1,11 +1,8 @@
-"""How an LSTM language model uses context: the workflow steps (Khandelwal et al. 2018).
-
-`language_model` trains a word-level AWD-LSTM-style model on a corpus (the offline prose, PTB
-or WikiText-2) into a checkpoint and its perplexities. `lm_context_experiment` scores the same
-targets of a held-out split under every context condition of `cvinterp.methods.context`,
-writes one figure per model in the style of the paper's (increase in loss against context size
-or boundary, one curve per condition) and the claims for compare.tsv.
-"""
+"""lm_context: how an LSTM language model uses its context (Khandelwal et al. 2018). The same
+targets of a held-out split are scored with the context restricted to the last k tokens and with
+the context beyond a boundary shuffled, reversed, thinned of function or content words, or
+replaced (every condition of `cvinterp.methods.context`); frequent vs rare and content vs
+function targets; one figure per model in the style of the paper's."""
 
 from __future__ import annotations
 
@@ -18,18 +15,32 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cvinterp import figures
+from cvinterp import figures as fig
 from cvinterp.data import DataError, load_corpus
+from cvinterp.experiments.common import Computed, Declaration, Model, Probe
 from cvinterp.methods import context as khandelwal
 from cvinterp.models import CheckpointError
-from cvinterp.models.awd_lstm import load_lm, save_lm
-from cvinterp.pipeline import write_json
-from cvinterp.runtime import pick_device, seed_everything
+from cvinterp.models.awd_lstm import load_lm
 
 #: Target groups with their own curves.
 GROUPS = ("frequent", "rare", "function", "content")
-#: The papers' perplexities (AWD-LSTM, Merity et al. 2018, test) by corpus.
-AWD_LSTM_TEST_PERPLEXITY = {"ptb": 57.3, "wikitext2": 65.8}
+
+
+def _check(settings: dict) -> None:
+    too_far = [b for b in settings["boundaries"] if b >= settings["perturb_context"]]
+    if too_far:
+        raise ValueError(
+            f"config key 'experiments.lm_context.boundaries': {too_far} leave nothing to perturb "
+            f"in a perturb_context of {settings['perturb_context']} tokens (each must be smaller)"
+        )
+
+
+DECLARATION = Declaration(
+    training_metrics=lambda settings: list(settings["models"]),
+    language_models=True,
+    check=_check,
+    runtime=(60, 120),
+)
 
 
 def corpus_of(spec: dict, folder: str | None, austen_dir: str | None):
@@ -37,42 +48,6 @@ def corpus_of(spec: dict, folder: str | None, austen_dir: str | None):
     return load_corpus(
         spec["corpus"], folder=folder, austen_dir=austen_dir, vocab_size=spec["vocab_size"]
     )
-
-
-def language_model(
-    name: str,
-    spec: dict,
-    *,
-    corpus_dir: str | None,
-    austen_dir: str | None,
-    seed: int,
-    device: str,
-    threads: int,
-    checkpoint: str,
-    metrics: str,
-    partial: str,
-) -> None:
-    """Train one language model of the config into a checkpoint and its metrics."""
-    from cvinterp.train_lm import train_language_model
-
-    seed_everything(seed, threads)
-    dev = pick_device(device)
-    corpus = corpus_of(spec, corpus_dir, austen_dir)
-    print(
-        f"{name}: {spec['corpus']} corpus, {len(corpus.vocab)} words, train/valid/test "
-        f"{len(corpus.train)}/{len(corpus.valid)}/{len(corpus.test)} tokens"
-    )
-    model, result = train_language_model(
-        corpus, arch_args=spec["arch_args"], **spec["train"], seed=seed, device=dev,
-        resume_path=partial,
-    )  # fmt: skip
-    meta = {"name": name, "corpus": spec["corpus"], "seed": seed}
-    save_lm(checkpoint, model, corpus.vocab, meta)
-    write_json(
-        metrics,
-        {"model": name, "corpus": spec["corpus"], "device": str(dev), "threads": threads} | result,
-    )
-    Path(partial).unlink(missing_ok=True)  # done: a later forced rerun trains afresh
 
 
 def _group_masks(corpus, targets: np.ndarray, frequent: int, rare: int, function, content) -> dict:
@@ -161,9 +136,15 @@ def context_of_model(
         gen = torch.Generator().manual_seed(seed * 1_000_003 + code * 10_007 + b)
         try:
             ctx, lengths = khandelwal.perturb(
-                kind, index, stream, b, generator=gen, span=span,
-                function=word_masks[0], content=word_masks[1],
-            )  # fmt: skip
+                kind,
+                index,
+                stream,
+                b,
+                generator=gen,
+                span=span,
+                function=word_masks[0],
+                content=word_masks[1],
+            )
         except ValueError as err:  # a split too short to draw replacement text from
             raise DataError(f"{name}, {split} split, {kind} at boundary {b}: {err}") from err
         loss = scorer.nll(ctx, stream[positions], lengths).cpu().numpy()
@@ -245,12 +226,83 @@ def context_of_model(
     return result
 
 
-# --------------------------------------------------------------------------- figure
+def compute(
+    models: dict[str, Model],
+    *,
+    split: str,
+    targets: int,
+    sizes: list[int],
+    boundaries: list[int],
+    perturb_context: int,
+    span: int,
+    perturbations: list[str],
+    frequent_count: int,
+    rare_count: int,
+    tolerance: float,
+    batch_size: int,
+    probe: Probe,
+    device,
+) -> Computed:
+    """Every context condition of every model on the same targets of `split`, and the models'
+    training metrics (their perplexities are claims too)."""
+    sizes, boundaries = sorted(set(sizes)), sorted(set(boundaries))
+    results, trained = {}, {}
+    for name, model in models.items():
+        results[name] = context_of_model(
+            name,
+            model.checkpoint,
+            model.spec,
+            corpus_dir=model.data.get("corpus_dir"),
+            austen_dir=model.data.get("austen_dir"),
+            split=split,
+            targets=targets,
+            sizes=sizes,
+            boundaries=boundaries,
+            perturb_context=perturb_context,
+            span=span,
+            perturbations=perturbations,
+            frequent_count=frequent_count,
+            rare_count=rare_count,
+            tolerance=tolerance,
+            batch_size=batch_size,
+            seed=probe.seed,
+            dev=device,
+        )
+        trained[name] = json.loads(Path(model.metrics).read_text())
+        r = results[name]
+        print(
+            f"{name}: full-context loss {r['full_context_loss']:.3f}, effective context "
+            f"{r['effective_context']}, {r['speed']['targets_per_second']:.0f} targets/s"
+        )
+    metrics = {
+        "models": results,
+        "trained": {n: {k: v for k, v in t.items() if k != "history"} for n, t in trained.items()},
+        "settings": {
+            "split": split,
+            "targets": targets,
+            "sizes": sizes,
+            "boundaries": boundaries,
+            "perturb_context": perturb_context,
+            "span": span,
+            "tolerance": tolerance,
+            "frequent_count": frequent_count,
+            "rare_count": rare_count,
+        },
+    }
+    return Computed(metrics, {"trained": trained})
+
+
+def figures(result: Computed, figure_dir) -> None:
+    tolerance = result.metrics["settings"]["tolerance"]
+    for name, r in result.metrics["models"].items():
+        plot_context(name, r, tolerance, figure_dir / f"{name}.png")
+
+
 def plot_context(name: str, r: dict, tolerance: float, path: str | Path) -> None:
     """Four panels: restriction overall and by target type; word order; dropped/replaced words."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    f, axes = plt.subplots(2, 2, figsize=(11, 8))
     full = r["full_context_loss"]
     rs = r["restriction"]
     eff = r["effective_context"]
@@ -283,30 +335,51 @@ def plot_context(name: str, r: dict, tolerance: float, path: str | Path) -> None
         if gr["n"]:
             label = f"{g} targets (n={gr['n']}, effective {eff[g] or 'not reached'})"
             band(ax, rs["sizes"], gr["increase"], gr["increase_se"], label, style)
-    finish(ax, "context restriction by target type (each against its own full-context loss)",
-           "context size k", full, "all targets' loss")  # fmt: skip
+    finish(
+        ax,
+        "context restriction by target type (each against its own full-context loss)",
+        "context size k",
+        full,
+        "all targets' loss",
+    )
 
     pt = r["perturbation"]
     for ax, kinds, title in (
-        (axes[1, 0], ("shuffle_local", "reverse_local", "shuffle_global", "reverse_global"),
-         f"word order beyond the boundary ({pt['span']}-token spans or all)"),
-        (axes[1, 1], ("drop_function", "drop_content", "replace"),
-         "words beyond the boundary dropped or replaced"),
-    ):  # fmt: skip
+        (
+            axes[1, 0],
+            ("shuffle_local", "reverse_local", "shuffle_global", "reverse_global"),
+            f"word order beyond the boundary ({pt['span']}-token spans or all)",
+        ),
+        (
+            axes[1, 1],
+            ("drop_function", "drop_content", "replace"),
+            "words beyond the boundary dropped or replaced",
+        ),
+    ):
         for kind in kinds:
             if kind in pt["increase"]:
                 band(ax, pt["boundaries"], pt["increase"][kind], pt["increase_se"][kind], kind)
         finish(ax, title, f"boundary (tokens kept intact, of {pt['context']})", full)
-    fig.suptitle(
+    f.suptitle(
         f"{name} ({r['corpus']}, {r['split']} split, {r['targets']} targets, full-context "
         f"perplexity {r['full_context_perplexity']:.1f}) — after Khandelwal et al. 2018",
         fontsize=10,
     )
-    fig.tight_layout()
-    figures.save(fig, path)
+    f.tight_layout()
+    fig.save(f, path)
 
 
-# --------------------------------------------------------------------------- claims
+def claims(result: Computed) -> dict:
+    s = result.metrics["settings"]
+    return context_claims(
+        result.metrics["models"],
+        s["sizes"],
+        s["boundaries"],
+        result.data["trained"],
+        s["tolerance"],
+    )
+
+
 def _reached(per_model: dict) -> dict:
     """{model: value}, a None (never within the tolerance over the grid) as infinity: beyond
     every measured size, so it fails a between-rule whatever the grid."""
@@ -324,9 +397,11 @@ def context_claims(
     claims = {}
 
     def show(v, grid, unit="tokens"):
-        return f"not within {tolerance:.0%} up to {max(grid)} {unit}" if math.isinf(v) else (
-            f"{v:g} {unit}"
-        )  # fmt: skip
+        return (
+            f"not within {tolerance:.0%} up to {max(grid)} {unit}"
+            if math.isinf(v)
+            else (f"{v:g} {unit}")
+        )
 
     eff = _reached({m: r["effective_context"]["all"] for m, r in results.items()})
     m = _farthest(eff, 200)
@@ -399,71 +474,3 @@ def context_claims(
             f"{mm['valid_perplexity']:.1f}, after {len(mm['history'])} epochs",
         }
     return claims
-
-
-def lm_context_experiment(
-    models: dict,
-    *,
-    split: str,
-    targets: int,
-    sizes: list[int],
-    boundaries: list[int],
-    perturb_context: int,
-    span: int,
-    perturbations: list[str],
-    frequent_count: int,
-    rare_count: int,
-    tolerance: float,
-    batch_size: int,
-    seed: int,
-    device: str,
-    threads: int,
-    figure_dir: str,
-    metrics: str,
-) -> None:
-    """Khandelwal et al. 2018 for every language model of the experiment.
-
-    `models` maps a name to {"checkpoint", "spec", "metrics" (its training metrics),
-    "corpus_dir", "austen_dir"}.
-    """
-    seed_everything(seed, threads)
-    dev = pick_device(device)
-    sizes, boundaries = sorted(set(sizes)), sorted(set(boundaries))
-    results, trained = {}, {}
-    for name, m in models.items():
-        results[name] = context_of_model(
-            name, m["checkpoint"], m["spec"], corpus_dir=m["corpus_dir"],
-            austen_dir=m["austen_dir"], split=split, targets=targets, sizes=sizes,
-            boundaries=boundaries, perturb_context=perturb_context, span=span,
-            perturbations=perturbations, frequent_count=frequent_count,
-            rare_count=rare_count, tolerance=tolerance, batch_size=batch_size, seed=seed,
-            dev=dev,
-        )  # fmt: skip
-        trained[name] = json.loads(Path(m["metrics"]).read_text())
-        plot_context(name, results[name], tolerance, Path(figure_dir) / f"{name}.png")
-        r = results[name]
-        print(
-            f"{name}: full-context loss {r['full_context_loss']:.3f}, effective context "
-            f"{r['effective_context']}, {r['speed']['targets_per_second']:.0f} targets/s"
-        )
-    write_json(
-        metrics,
-        {
-            "models": results,
-            "trained": {
-                n: {k: v for k, v in t.items() if k != "history"} for n, t in trained.items()
-            },
-            "settings": {
-                "split": split,
-                "targets": targets,
-                "sizes": sizes,
-                "boundaries": boundaries,
-                "perturb_context": perturb_context,
-                "span": span,
-                "tolerance": tolerance,
-                "frequent_count": frequent_count,
-                "rare_count": rare_count,
-            },  # fmt: skip
-            "claims": context_claims(results, sizes, boundaries, trained, tolerance),
-        },
-    )

@@ -1,0 +1,203 @@
+"""embedding: t-SNE (van der Maaten & Hinton 2008) and PCA maps of a layer's features over the
+probe images, how well each keeps the classes apart and the neighbourhoods intact, a map with
+thumbnails, and the top images of every unit of the layer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cvinterp import figures as fig
+from cvinterp.experiments.common import Computed, Declaration, Model, Probe, layer_tops, load
+from cvinterp.methods import embedding as emb
+
+
+def _figures(settings: dict) -> list[str]:
+    return [f"{m}{part}" for m in settings["models"] for part in ("", "_thumbnails", "_units")]
+
+
+DECLARATION = Declaration(figures=_figures, short=True)
+
+
+def _thumbnail_cells(pts: np.ndarray, n: int) -> tuple[int, list[int]]:
+    """At most n points to show as thumbnails: one per cell of a square grid over the map, the
+    point nearest the cell's centre, so thumbnails do not overlap; (grid side, points)."""
+    side = max(1, int(np.sqrt(n)))
+    lo, hi = pts.min(0), pts.max(0)
+    cell = (pts - lo) / np.maximum(hi - lo, 1e-12) * (side - 1e-9)
+    ij = np.floor(cell).astype(int)
+    centre_dist = np.linalg.norm(cell - ij - 0.5, axis=1)
+    chosen: dict[tuple, int] = {}
+    for i in np.argsort(centre_dist, kind="stable"):
+        chosen.setdefault(tuple(ij[i]), int(i))
+    return side, list(chosen.values())
+
+
+def compute(
+    models: dict[str, Model],
+    *,
+    images: int,
+    tsne: dict,
+    knn: int,
+    thumbnails: int,
+    k: int,
+    probe: Probe,
+    device,
+) -> Computed:
+    """Each model's `layer` (conv maps averaged over space) over the first `images` probe images,
+    from the same streaming pass that finds the top-k images of its every unit; the t-SNE and
+    PCA maps, with their kNN accuracy and trustworthiness."""
+    settings = emb.TSNESettings(**tsne)
+    metrics: dict = {"models": {}, "tsne": vars(settings)}
+    shown = {}
+    for name, model in models.items():
+        layer = model.settings["layer"]
+        pooled = []
+
+        def keep(path, a, pooled=pooled):
+            pooled.append((a.mean((2, 3)) if a.ndim == 4 else a).cpu().numpy())
+
+        m = load(model, probe, device)
+        n, (lt,) = layer_tops(m, [layer], k, images, observe=keep)
+        feats = np.concatenate(pooled).astype(np.float64)
+        labels = np.asarray(m.images.labels[:n])
+        maps = {
+            "t-SNE": emb.tsne(feats, settings, probe.seed, probe.threads),
+            "PCA": emb.pca(feats, 2, probe.seed),
+        }
+        q = {key: emb.quality(feats, pts, labels, knn) for key, pts in maps.items()}
+        metrics["models"][name] = {
+            "layer": layer,
+            "images": n,
+            "probe": m.images.description,
+            "features": int(feats.shape[1]),
+        }
+        for key in maps:
+            for metric in ("knn_accuracy", "trustworthiness"):
+                metrics["models"][name][f"{key}_{metric}"] = getattr(q[key], metric)
+        side, cells = _thumbnail_cells(maps["t-SNE"], thumbnails)
+        t = lt.tops
+        shown[name] = {
+            "layer": layer,
+            "maps": maps,
+            "labels": labels,
+            "classes": [str(c) for c in m.images.classes],
+            "size": m.size,
+            "thumbnails": {i: m.images.image(i) for i in cells},
+            "thumbnail_side": side,
+            # every unit's top-k images with the receptive field of each peak
+            "units": [
+                [
+                    (m.images.image(int(t.index[j, u])), lt.boxes[int(t.location[j, u])])
+                    for j in range(min(k, t.index.shape[0]))
+                ]
+                for u in range(t.values.shape[1])
+            ],
+            "dead": (t.values[0] <= 0).tolist(),
+        }
+    return Computed(metrics, {"shown": shown, "k": k})
+
+
+def figures(result: Computed, figure_dir) -> None:
+    for name, s in result.data["shown"].items():
+        _scatter(name, s, result.metrics["models"][name], figure_dir / f"{name}.png")
+        _thumbnail_map(name, s, figure_dir / f"{name}_thumbnails.png")
+        _unit_grid(name, s, result.data["k"], figure_dir / f"{name}_units.png")
+
+
+def _scatter(name: str, s: dict, metrics: dict, path) -> None:
+    """The t-SNE and PCA maps side by side, coloured by class."""
+    import matplotlib.pyplot as plt
+
+    f, axes = plt.subplots(1, len(s["maps"]), figsize=(6.5 * len(s["maps"]), 6.2))
+    for ax, (key, pts) in zip(axes, s["maps"].items(), strict=True):
+        sc = ax.scatter(
+            pts[:, 0],
+            pts[:, 1],
+            c=s["labels"],
+            cmap="tab10",
+            s=3,
+            vmin=-0.5,
+            vmax=9.5,
+            linewidths=0,
+        )
+        ax.set_title(
+            f"{key}: {metrics[f'{key}_knn_accuracy']:.3f} kNN accuracy, "
+            f"{metrics[f'{key}_trustworthiness']:.3f} trustworthiness",
+            fontsize=9,
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+    cbar = f.colorbar(sc, ax=axes, ticks=range(len(s["classes"])), fraction=0.02)
+    cbar.ax.set_yticklabels([c[:16] for c in s["classes"]], fontsize=7)
+    f.suptitle(
+        f"{name} {s['layer']}: features of {len(s['labels'])} probe images — t-SNE (van der "
+        "Maaten & Hinton 2008) and PCA",
+        fontsize=10,
+    )
+    fig.save(f, path)
+
+
+def _thumbnail_map(name: str, s: dict, path) -> None:
+    """The t-SNE map with the chosen thumbnails at their points."""
+    import matplotlib.pyplot as plt
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    pts, chosen = s["maps"]["t-SNE"], s["thumbnails"]
+    f, ax = plt.subplots(figsize=(10, 10))
+    ax.scatter(pts[:, 0], pts[:, 1], s=0.5, c="lightgrey")
+    zoom = 240 / (s["thumbnail_side"] * s["size"])
+    for i, img in chosen.items():
+        thumb = OffsetImage(fig.as_rgb(img), zoom=zoom, cmap="gray")
+        ax.add_artist(AnnotationBbox(thumb, pts[i], frameon=False, pad=0))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{name} {s['layer']}: t-SNE map with {len(chosen)} thumbnails", fontsize=10)
+    fig.save(f, path)
+
+
+def _unit_grid(name: str, s: dict, k: int, path) -> None:
+    """Every unit of the layer: a tile of its top-k receptive-field crops, tiles in a square
+    grid."""
+    import matplotlib.pyplot as plt
+
+    kk = int(np.ceil(np.sqrt(k)))
+    crop = 32 if s["size"] <= 64 else 48
+    tiles = []
+    for top in s["units"]:
+        tile = np.ones((kk * crop, kk * crop, 3))
+        for j, (img, box) in enumerate(top):
+            r, q = divmod(j, kk)
+            tile[r * crop : (r + 1) * crop, q * crop : (q + 1) * crop] = fig.as_rgb(
+                fig.crop_to(img, box, crop)
+            )
+        tiles.append(tile)
+    n_units = len(tiles)
+    cols = int(np.ceil(np.sqrt(n_units)))
+    rows = int(np.ceil(n_units / cols))
+    f, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for u, (ax, tile) in enumerate(zip(axes.ravel(), tiles, strict=False)):
+        ax.imshow(tile, interpolation="nearest")
+        ax.set_title(f"{u}" + (" (dead)" if s["dead"][u] else ""), fontsize=6, pad=1)
+    f.suptitle(
+        f"{name} {s['layer']}: top-{k} receptive-field crops of every unit ({n_units} units)",
+        fontsize=10,
+    )
+    fig.save(f, path)
+
+
+def claims(result: Computed) -> dict:
+    out = {}
+    per = result.metrics["models"]
+    for metric in ("knn_accuracy", "trustworthiness"):
+        gain = {n: r[f"t-SNE_{metric}"] - r[f"PCA_{metric}"] for n, r in per.items()}
+        out[f"tsne_beats_pca_{metric}"] = {
+            "value": min(gain.values()),
+            "ours": "; ".join(
+                f"{n}: t-SNE {r[f't-SNE_{metric}']:.3f} vs PCA {r[f'PCA_{metric}']:.3f} "
+                f"({r['images']} images, {r['layer']})"
+                for n, r in per.items()
+            ),
+        }
+    return out
