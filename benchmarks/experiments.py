@@ -115,18 +115,18 @@ def ptb_folder(root: Path, vocab: int = 2000, tokens: int = 60000) -> Path:
     return root
 
 
-def models_for(name: str, settings: dict, files: dict, tmp: Path) -> dict[str, Model]:
+def models_for(name: str, settings: dict, files: dict) -> dict[str, Model]:
+    """The experiment's models as the workflow would hand them over, on the files made here."""
     if name == "lm_context":
         spec = {"corpus": "ptb", "vocab_size": None}
         data = {"corpus_dir": str(files["ptb"]), "austen_dir": None}
         return {"lm": Model("lm", files["lm"], spec, metrics=files["lm_metrics"], data=data)}
-    spec = {"arch": None, "weights": "random"}
     data = {
         "probe": str(files["broden"]),
         "released": str(ROOT / "config/netdissect/released.yaml"),
     }
     return {
-        m: Model(m, files[m], spec | {"arch": m}, settings=s, data=data)
+        m: Model(m, files[m], {"arch": m, "weights": "random"}, settings=s, data=data)
         for m, s in settings["models"].items()
     }
 
@@ -185,7 +185,7 @@ def main() -> None:
         datasets = {"imagenet_val": {"dir": str(files["imagenet"])}, "imagenet_probe": {"n": 200}}
         for name in names:
             s = settings[name]
-            models = models_for(name, s, files, tmp)
+            models = models_for(name, s, files)
             probe = Probe(datasets=datasets, seed=0, imagenet_probe=200, threads=4)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
