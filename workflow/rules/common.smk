@@ -276,8 +276,9 @@ def experiment_outputs(name, report_them=True):
     if report_them:
         figures = [reported(name, path) for path in figures]
     out = {"figures": figures, "metrics": f"{RESULTS}/metrics/{name}.json"}
-    if experiment_tables(name):
-        out["tables"] = experiment_tables(name)
+    tables = experiment_tables(name)
+    if tables:
+        out["tables"] = tables
     return out
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "IMAGE_DATASETS",
     "TEXT_CORPORA",
     "DataError",
+    "corpus_of",
     "dataset_kwargs",
     "ImageData",
     "load_corpus",
@@ -77,3 +78,10 @@ def load_corpus(name: str, *, folder=None, austen_dir=None, vocab_size: int | No
             )
         return corpus_from_files(*files, vocab_size=vocab_size, skip_empty=name == "ptb")
     raise DataError(f"unknown corpus {name!r}; known: {', '.join(TEXT_CORPORA)}")
+
+
+def corpus_of(spec: dict, folder: str | None, austen_dir: str | None):
+    """The corpus a language model of the config (`spec`) is trained and evaluated on."""
+    return load_corpus(
+        spec["corpus"], folder=folder, austen_dir=austen_dir, vocab_size=spec["vocab_size"]
+    )

@@ -103,13 +103,17 @@ class BrodenDataset(Dataset):
             raise FileNotFoundError(f"Broden image missing: {path}. {_HINT}")
         return path
 
+    def open_image(self, index: int) -> Image.Image:
+        """The image of an item, opened (not yet decoded), without reading its masks."""
+        return Image.open(self.image_path(index))
+
     def item(self, index: int, image: bool = True) -> dict[str, Any]:
         """The item; `image=False` leaves the image out (None), reading only the labels."""
         row = self.rows[index]
         path = self.image_path(index)
         pixels = None
         if image:
-            with Image.open(path) as im:
+            with self.open_image(index) as im:
                 pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
         mask_files, image_labels = self._parse(row)
         shape = (int(row["sh"]), int(row["sw"]))

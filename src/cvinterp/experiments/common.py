@@ -29,6 +29,7 @@ from cvinterp.data.probe import (
     centre_square,
     photo_crops,
 )
+from cvinterp.instrument import model_device
 from cvinterp.methods.backward import project
 from cvinterp.methods.top_images import receptive_field, top_activations
 from cvinterp.models import layer_path, load_checkpoint
@@ -261,8 +262,7 @@ def layer_tops(
     paths = [layer_path(m.arch, layer) for layer in layers]
     n = len(m.images) if max_images is None else min(max_images, len(m.images))
     bar = tqdm(total=n, desc=f"{m.name}: top-{k} images", mininterval=5)
-    device = next(m.model.parameters()).device
-    batches = limit(m.images.batches(m.pre, 64, device), n)
+    batches = limit(m.images.batches(m.pre, 64, model_device(m.model)), n)
     tops = top_activations(m.model, batches, paths, k=k, progress=bar, observe=observe)
     bar.close()
     out = []

@@ -61,16 +61,19 @@ def compute(
         with torch.no_grad():
             per_layer = inv.features(m.model, m.pre.from_unit(x), paths)
         targets = [per_layer[j][i : i + 1] for i, j in pairs]
-        pair_paths = [paths[j] for _, j in pairs]
-        common = dict(seed=probe.seed, dtype=dtype)
-        bar = tqdm(total=iterations, desc=f"{name}: deep image prior", mininterval=5)
-        dip = inv.dip_invert(
+        # the same problem for both priors: the net, its input map, targets, layers, image shape
+        problem = (
             m.model,
             m.pre.from_unit,
             targets,
-            pair_paths,
+            [paths[j] for _, j in pairs],
             size,
             m.channels,
+        )
+        common = dict(seed=probe.seed, dtype=dtype)
+        bar = tqdm(total=iterations, desc=f"{name}: deep image prior", mininterval=5)
+        dip = inv.dip_invert(
+            *problem,
             generator=generator,
             iterations=iterations,
             lr=lr,
@@ -82,12 +85,7 @@ def compute(
         tv_iters = tv["iterations"] or iterations
         bar = tqdm(total=tv_iters, desc=f"{name}: TV prior", mininterval=5)
         base = inv.tv_invert(
-            m.model,
-            m.pre.from_unit,
-            targets,
-            pair_paths,
-            size,
-            m.channels,
+            *problem,
             iterations=tv_iters,
             tv_weight=tv["weight"],
             beta=tv["beta"],

