@@ -179,13 +179,29 @@ def test_probe_reads_as_broden(probe):
         assert colour.shape == (1, 16, 16) and (colour > 0).all()
 
 
-def test_label_csv_primary_category_is_the_labels_category(probe):
+def test_primary_category_is_the_labels_category(probe):
+    """Each label is coded in one category, with its coverage (area in whole images) as
+    Broden's c_*.csv give it; a label the probe never shows covers nothing (and falls to the
+    last category by the authors' rule: it has no pixel to score)."""
     ds = BrodenDataset(probe)
+    area = {}
+    for m in (ds.item(i, image=False) for i in range(len(ds))):
+        for stack in m["masks"].values():
+            for n, c in zip(*np.unique(stack, return_counts=True), strict=True):
+                if n:
+                    area[int(n)] = area.get(int(n), 0) + c / stack[0].size
+        for numbers in m["image_labels"].values():
+            for n in numbers:
+                area[n] = area.get(n, 0) + 1.0
     for cat in CATEGORIES:
         assert ds.codes[cat], cat
         assert sorted(ds.codes[cat]) == list(range(1, len(ds.codes[cat]) + 1))  # dense codes
         for number in ds.codes[cat].values():
-            assert ds.primary[number] == cat, (cat, ds.label_names[number])
+            assert ds.coverage[cat][number] == pytest.approx(area.get(number, 0), rel=1e-5)
+            if number in area:
+                assert ds.primary[number] == cat, (cat, ds.label_names[number])
+            else:
+                assert ds.primary[number] == ds.categories[-1]
     colours = [ds.label_names[ds.codes["color"][k + 1]] for k in range(len(FOCAL_COLOURS))]
     assert colours == [f"{c}-c" for c in FOCAL_COLOURS]
 
@@ -348,10 +364,17 @@ def test_references_to_listed_layers_are_accepted():
 
 def test_dissection_and_probe_defaults_are_filled_in():
     raw = load("smoke")
-    for key in ("quantile", "iou_threshold", "random_copies"):
+    for key in ("quantile", "iou_threshold", "scoring", "upsample", "snapshots"):
         assert key not in raw["experiments"]["dissection"], key
     d = resolve(raw, SCHEMA)["experiments"]["dissection"]
-    assert (d["quantile"], d["iou_threshold"], d["random_copies"]) == (0.005, 0.04, True)
+    assert (d["quantile"], d["iou_threshold"]) == (0.005, 0.04)
+    assert (d["scoring"], d["upsample"], d["snapshots"]) == ("original", None, True)
+    del (
+        raw["experiments"]["dissection"]["random_copies"],
+        raw["experiments"]["dissection"]["rotations"],
+    )
+    d = resolve(raw, SCHEMA)["experiments"]["dissection"]
+    assert (d["random_copies"], d["rotations"]) == (3, [0.2, 0.4, 0.6, 0.8, 1.0])
     assert all(m["references"] == {} for m in d["models"].values())
     cfg = load("config")
     del cfg["datasets"]["concept_probe"]

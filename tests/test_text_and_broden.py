@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvinterp.data.broden import BrodenDataset, primary_category
+from cvinterp.data.broden import BrodenDataset, primary_categories
 from cvinterp.data.prose import (
     EOS,
     build_corpus,
@@ -139,10 +139,19 @@ def broden_root(tmp_path):
     return _load_fixture_module().write_fixture(tmp_path / "broden", rng_seed=0)
 
 
-def test_primary_category():
-    assert primary_category("object(1);texture(3)") == "texture"
-    assert primary_category("object(2);part(2)") == "object"
-    assert primary_category("") == ""
+def test_primary_category_is_the_highest_coverage_ties_to_the_later_category():
+    """The authors' rule (NetDissect's primary_categories_per_index), not label.csv's counts."""
+    cats = ["object", "part", "texture"]
+    coverage = {"object": {1: 3.0, 2: 0.5, 3: 2.0}, "part": {1: 0.2, 2: 4.0, 3: 2.0}, "texture": {}}
+    primary = primary_categories(cats, coverage, [1, 2, 3, 4])
+    assert primary == {1: "object", 2: "part", 3: "part", 4: "texture"}  # 4: coded nowhere
+
+
+def test_broden_missing_coverage_is_one_clear_error(broden_root):
+    path = broden_root / "c_object.csv"
+    path.write_text(path.read_text().replace(",0.5\n", ",\n", 1))
+    with pytest.raises(ValueError, match=r"c_object\.csv: label 3 has coverage ''"):
+        BrodenDataset(broden_root)
 
 
 def test_broden_reader(broden_root):

@@ -113,16 +113,27 @@ def test_smoke_run_measures_what_all_units_do(smoke):
 
 def test_smoke_run_dissects_on_the_offline_concept_probe(smoke):
     wd, out, _ = smoke
-    for name in ("detectors", "tower_photos", "squeezenet"):
+    for name in ("detectors", "headlines", "tower_photos", "squeezenet"):
         png = out / "figures" / "dissection" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     metrics = json.loads((out / "metrics" / "dissection.json").read_text())
     assert metrics["probe"] == "standin" and set(metrics["rules"]) == {"top_label", "per_category"}
+    assert (metrics["scoring"], metrics["upsample"]) == ("original", "fieldmap")
+    fire9 = metrics["models"]["squeezenet"]["layers"]["fire9"]["fieldmap"]
+    assert fire9 == [[-88, -88], [207, 207], [16, 16]]  # SqueezeNet 1.1's geometry, derived
     for name, layers in (("tower_photos", {"conv1", "conv5"}), ("squeezenet", {"fire9"})):
         model = metrics["models"][name]
         assert set(model["layers"]) == layers and "24 images" in model["probe"]
+        assert set(model["random_seeds"]["seed"]) == {"0", "1"}  # smoke: random_copies 2
+        assert set(model["rotations"]["alpha"]) == {"0", "1"}
+        unrotated = model["layers"][max(layers)]["trained"]  # alpha 0: the deepest layer
+        assert model["rotations"]["alpha"]["0"] == {
+            "per_category": unrotated["per_category"]["unique"],
+            "top_label": unrotated["top_label"]["unique"],
+            "units": unrotated["top_label"]["units"],
+        }
         for layer in model["layers"].values():
-            assert set(layer) == {"trained", "random"}
+            assert set(layer) == {"trained", "random", "fieldmap"}
             for rule in ("top_label", "per_category"):
                 counts = layer["trained"][rule]
                 assert counts["unique"] == sum(counts["by_category"].values())
@@ -131,8 +142,12 @@ def test_smoke_run_dissects_on_the_offline_concept_probe(smoke):
         units = {"tower_photos": 16 + 32, "squeezenet": 512}[name]  # smoke widths
         assert len(rows) == 2 * units and {r["weights"] for r in rows} == {"trained", "random"}
     rows = list(csv.DictReader((out / "compare.tsv").open(), delimiter="\t"))
+    snaps = metrics["models"]["tower_photos"]["snapshots"]
+    assert set(snaps["step"]) == {"0", "8"} and snaps["layer"] == "conv5"
+    assert snaps["end_step"] == 16  # smoke: 1024 patches in batches of 64, one epoch
+    assert "snapshots" not in metrics["models"]["squeezenet"]  # imported: no training
     rows = {r["claim"]: r for r in rows if r["experiment"] == "dissection"}
-    assert len(rows) == 4
+    assert len(rows) == 6
     released = [r for r in rows.values() if "released" in r["claim"]]
     assert len(released) == 2 and all(r["verdict"] == "n/a" for r in released)
     assert "stand-in" in " ".join(r["reason"] for r in released)

@@ -57,6 +57,10 @@ def relative_change(initial: dict, final: dict) -> dict:
     }
 
 
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
 def _run_key(arch: str, arch_args: dict, train_args: dict, seed: int, train: ImageData) -> str:
     """Identity of a training run: settings, seed and a fingerprint of the training data."""
     h = hashlib.sha256(json.dumps([arch, arch_args, train_args, seed], sort_keys=True).encode())
@@ -93,8 +97,14 @@ def train_classifier(
     resume_path: str | Path | None = None,
     progress: bool = True,
     stop_after_epoch: int | None = None,
+    snapshots: list[int] = (),
 ):
-    """Train `arch` on `train` with SGD; return (model, preprocessing, metrics).
+    """Train `arch` on `train` with SGD; return (model, preprocessing, metrics, snapshots).
+
+    snapshots: optimizer steps after which a copy of the weights is kept (0: the
+    initialisation); returned as {step: state dict on the CPU}, kept across a resume, for
+    looking at a representation over training (Bau et al. 2017, Fig. 10). Steps beyond the run
+    are ignored.
 
     After every epoch the full training state is written to `resume_path`; a later call with
     the same arguments continues from there and ends with the same weights as an
@@ -117,8 +127,11 @@ def train_classifier(
         weight_decay=weight_decay,
         lr_milestones=lr_milestones,
     )
+    if snapshots:
+        train_args["snapshots"] = sorted(set(snapshots))
     key = _run_key(arch, arch_args, train_args, seed, train)
     start_epoch, history = 0, []
+    kept = {0: _cpu(initial)} if 0 in snapshots else {}
     resume_path = Path(resume_path) if resume_path else None
     state = read_state(resume_path) if resume_path and resume_path.exists() else None
     if state is not None:
@@ -127,6 +140,7 @@ def train_classifier(
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             start_epoch, history = state["epoch"], json.loads(state["history"])
+            kept = {int(k): v for k, v in state.get("snapshots", {}).items()}
             print(f"resuming from {resume_path} after epoch {start_epoch}")
         else:
             print(f"ignoring {resume_path}: it belongs to other training settings")
@@ -139,6 +153,7 @@ def train_classifier(
             len(train), generator=torch.Generator().manual_seed(seed * 1000 + epoch)
         )
         batches = range(0, len(train), batch_size)
+        step = epoch * len(batches)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, mininterval=5)
         running, seen = 0.0, 0
         for i in bar:
@@ -149,6 +164,9 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
+            if step in snapshots:
+                kept[step] = _cpu(model.state_dict())
             running += loss.item() * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{running / seen:.3f}", refresh=False)
@@ -170,6 +188,7 @@ def train_classifier(
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
+                    "snapshots": {str(k): v for k, v in kept.items()},
                 },
                 tmp,
             )
@@ -186,4 +205,7 @@ def train_classifier(
         "train_seconds_this_run": round(time.perf_counter() - t0, 1),
         "relative_weight_change": relative_change(initial, model.state_dict()),
     }
-    return model.eval(), pre, metrics
+    metrics["steps"] = epochs * -(-len(train) // batch_size)  # optimizer steps in all
+    if snapshots:
+        metrics["snapshot_steps"] = sorted(kept)
+    return model.eval(), pre, metrics, kept

@@ -143,12 +143,12 @@ def fashion_mnist_files():
 
 
 # Probe sets in the Broden layout (Network Dissection): the offline stand-in (rule
-# concept_probe) or the real Broden (rule get_broden).
+# concept_probe) or the real Broden (rule get_broden). The stand-in's folder names the
+# writer's layout version (v2: label coverage in c_*.csv), so a folder written by an older
+# writer is never read as a new one.
 def concept_probe_dir():
     cp = config["datasets"]["concept_probe"]
-    return (
-        f"{RESOURCES}/concept_probe/n{cp['images']}_s{cp['size']}_seed{config['seed']}"
-    )
+    return f"{RESOURCES}/concept_probe/n{cp['images']}_s{cp['size']}_seed{config['seed']}_v2"
 
 
 def broden_dir(name, model):

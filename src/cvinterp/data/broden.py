@@ -4,13 +4,13 @@
 a category cell holds ``;``-separated values, each an integer (a whole-image label) or a ``.png``
 path (a pixel mask decoding as ``R + 256*G``, 0 = unlabelled, at ``sh x sw``).  Image and mask
 paths are relative to ``images/``.  ``label.csv``, ``category.csv`` and ``c_<category>.csv``
-describe labels, categories and per-category codes.
+describe labels, categories and per-category codes; a label listed under several categories has
+its primary category where ``c_<category>.csv`` gives it the highest coverage (the authors' rule).
 """
 
 from __future__ import annotations
 
 import csv
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 META_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
-_CATEGORY_COUNT = re.compile(r"^\s*([^(]+?)\s*\((\d+)\)\s*$")
 _HINT = (
     "Broden is not shipped offline; the paper profile downloads and extracts broden1_227 "
     "(AlexNet) / broden1_224 (VGG16, ResNet18) from the Network Dissection site."
@@ -33,15 +32,31 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def primary_category(cell: str) -> str:
-    """The highest-count category of a ``label.csv`` cell like ``object(12);part(3)``."""
-    best, best_count = "", -1
-    for entry in filter(None, cell.split(";")):
-        match = _CATEGORY_COUNT.match(entry)
-        name, count = (match.group(1), int(match.group(2))) if match else (entry.strip(), 0)
-        if count > best_count:  # ties keep the first listed
-            best, best_count = name, count
-    return best
+def _coverage(row: dict[str, str], category: str) -> float:
+    value = (row.get("coverage") or "").strip()
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(
+            f"c_{category}.csv: label {row.get('number')} has coverage {value!r}, not a number; "
+            "a Broden folder's c_<category>.csv carry every label's coverage, which decides its "
+            f"primary category. {_HINT}"
+        ) from None
+
+
+def primary_categories(
+    categories: list[str], coverage: dict[str, dict[int, float]], numbers: list[int]
+) -> dict[int, str]:
+    """Each label's primary category as the authors choose it (NetDissect's
+    `primary_categories_per_index`): the category whose ``c_<category>.csv`` gives the label the
+    highest coverage, a label not coded in a category counting 0 there; ties go to the later
+    category in ``category.csv`` order."""
+    if not categories:
+        return {}
+    best = {
+        n: max((coverage[cat].get(n, 0.0), i) for i, cat in enumerate(categories)) for n in numbers
+    }
+    return {n: categories[i] for n, (_, i) in best.items()}
 
 
 def decode_mask(path: Path) -> np.ndarray:
@@ -59,24 +74,31 @@ class BrodenDataset(Dataset):
     Item: ``image`` (uint8 HWC RGB), ``masks`` {category: int32 (k, sh, sw)} for categories
     with mask files, ``image_labels`` {category: [label numbers]} for whole-image labels, plus
     ``path``, ``split`` and ``mask_shape`` (sh, sw).  ``labels`` holds
-    ``(number, name, primary_category)`` per label.
+    ``(number, name, primary_category)`` per label of ``label.csv``, the primary category
+    chosen by coverage as the authors do (`primary_categories`).
     """
 
     def __init__(self, root: str | Path, split: str | None = None) -> None:
         self.root = Path(root)
         rows = _read_csv(self.root / "index.csv")
         self.categories: list[str] = [r["name"] for r in _read_csv(self.root / "category.csv")]
+        label_rows = _read_csv(self.root / "label.csv")
+        self.label_names: dict[int, str] = {int(r["number"]): r["name"] for r in label_rows}
+        # per category, from c_<category>.csv: code -> label number (codes are dense per
+        # category) and label number -> coverage (in whole images), which picks the primary
+        # category of a label listed under several
+        self.codes: dict[str, dict[int, int]] = {}
+        self.coverage: dict[str, dict[int, float]] = {}
+        for cat in self.categories:
+            coded = _read_csv(self.root / f"c_{cat}.csv")
+            self.codes[cat] = {int(r["code"]): int(r["number"]) for r in coded}
+            self.coverage[cat] = {int(r["number"]): _coverage(r, cat) for r in coded}
+        self.primary: dict[int, str] = primary_categories(
+            self.categories, self.coverage, list(self.label_names)
+        )
         self.labels: list[tuple[int, str, str]] = [
-            (int(r["number"]), r["name"], primary_category(r.get("category") or ""))
-            for r in _read_csv(self.root / "label.csv")
+            (n, name, self.primary[n]) for n, name in self.label_names.items()
         ]
-        self.label_names: dict[int, str] = {n: name for n, name, _ in self.labels}
-        self.primary: dict[int, str] = {n: cat for n, _, cat in self.labels}
-        # code -> label number per category (c_<category>.csv); codes are dense per category
-        self.codes: dict[str, dict[int, int]] = {
-            cat: {int(r["code"]): int(r["number"]) for r in _read_csv(self.root / f"c_{cat}.csv")}
-            for cat in self.categories
-        }
         self.rows = [r for r in rows if split is None or r["split"] == split]
 
     def __len__(self) -> int:

@@ -187,6 +187,7 @@ def build_concept_probe(
         for name in names[cat]:
             number[cat, name] = len(number) + 1
     counts: Counter = Counter()  # (category, label) -> images carrying it
+    coverage: Counter = Counter()  # (category, label) -> area in whole images, as Broden's
     photo_names = list(backgrounds)
     index_rows = []
     for i in range(images):
@@ -229,13 +230,17 @@ def build_concept_probe(
         }
         cells = {}
         for cat, labels in maps.items():
-            present = sorted(set(np.unique(labels).tolist()) - {0})
+            found, pixels = np.unique(labels, return_counts=True)
+            present = [(int(n), int(c)) for n, c in zip(found, pixels, strict=True) if n]
             if present:
                 _save_mask(root / "images" / f"{stem}_{cat}.png", labels)
                 cells[cat] = f"{stem}_{cat}.png"
-                counts.update((cat, n) for n in present)
+                counts.update((cat, n) for n, _ in present)
+                for n, c in present:
+                    coverage[cat, n] += c / labels.size
         cells["scene"] = str(number["scene", f"{photo}-s"])
         counts[("scene", number["scene", f"{photo}-s"])] += 1
+        coverage[("scene", number["scene", f"{photo}-s"])] += 1.0
         index_rows.append(
             [f"{stem}.jpg", "train", size, size, half, half]
             + [cells.get(c, "") for c in INDEX_HEADER[6:]]
@@ -251,7 +256,7 @@ def build_concept_probe(
             root / f"c_{cat}.csv",
             ["code", "number", "name", "frequency", "coverage"],
             [
-                [code, n, name, counts[cat, n], ""]
+                [code, n, name, counts[cat, n], f"{coverage[cat, n]:.6g}"]
                 for code, (n, name) in enumerate(zip(numbers, names[cat], strict=True), 1)
             ],
         )
@@ -261,7 +266,7 @@ def build_concept_probe(
                 name,
                 f"{cat}({counts[cat, number[cat, name]]})",
                 counts[cat, number[cat, name]],
-                "",
+                f"{coverage[cat, number[cat, name]]:.6g}",
                 "",
             ]
             for name in names[cat]

@@ -7,6 +7,7 @@ profile) the comparison with those released results."""
 from __future__ import annotations
 
 import csv
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,14 @@ from cvinterp import figures as fig
 from cvinterp.data.broden import BrodenDataset
 from cvinterp.experiments.common import Computed, Declaration, Model, Probe
 from cvinterp.methods import dissection as nd
-from cvinterp.models import build, layer_path, load_checkpoint
+from cvinterp.models import build, layer_path, load_checkpoint, snapshot_models
 
 HIGH_LEVEL = ("object", "part", "scene", "material")
+# The headline claims' guards against noise: a ratio's denominator counts at least FLOOR unique
+# detectors (a handful of detectors is what random weights reach: 6-15 at the stand-in's deepest
+# layers), and a rotation is judged only on a layer with MIN_UNROTATED of them.
+FLOOR = 5
+MIN_UNROTATED = 10
 CATEGORY_COLOURS = {
     "color": "#d62728",
     "texture": "#2ca02c",
@@ -41,7 +47,7 @@ def _check(settings: dict) -> None:
 
 
 DECLARATION = Declaration(
-    figures=lambda settings: ["detectors", *settings["models"]],
+    figures=lambda settings: ["detectors", "headlines", *settings["models"]],
     tables=lambda settings: list(settings["models"]),
     broden=True,
     check=_check,
@@ -161,7 +167,9 @@ def _top_units(model, pre, path, res, ds, concepts, size, n_units, device) -> li
     for u in chosen:
         idx = [int(i) for i in res.top_images[:, u]]
         images = np.stack([items.image(i) for i in idx])
-        maps = nd.unit_maps(model, pre, path, images, [u], (size, size), device)[:, 0].numpy()
+        maps = nd.unit_maps(
+            model, pre, path, images, [u], (size, size), device, fieldmap=res.fieldmap
+        )[:, 0].numpy()
         c = int(lab.best[u])
         out.append(
             {
@@ -178,11 +186,52 @@ def _top_units(model, pre, path, res, ds, concepts, size, n_units, device) -> li
     return out
 
 
+def _units(model, pre, path: str, items: nd.ProbeItems, device) -> int:
+    """The number of units (channels) of module `path`, from one probe image."""
+    from cvinterp.instrument import Instrument
+
+    with torch.no_grad(), Instrument(model, [path], detach=True, stop_early=True) as ins:
+        ins.forward(pre(items.image(0)[None]).to(device))
+        return int(ins[path].shape[1])
+
+
+def _counts(res: nd.LayerDissection, concepts: nd.Concepts, threshold: float) -> dict:
+    """Unique detectors under both rules, and detector units (top-label rule)."""
+    c = nd.count_detectors(res.labels, concepts, threshold)
+    return {
+        "per_category": c["per_category"]["unique"],
+        "top_label": c["top_label"]["unique"],
+        "units": c["top_label"]["units"],
+    }
+
+
+def _run(
+    net, label: str, layers: list[str], turns=None, *, pre, ds, paths, seconds, name, **options
+) -> dict[str, nd.LayerDissection]:
+    """One dissection of `layers` of `net` (and of the rotated bases `turns`); its stage times
+    go to `seconds[label]`."""
+    res, spent = nd.dissect_layers(
+        net,
+        pre,
+        [paths[la] for la in layers],
+        ds,
+        rotations=turns,
+        progress=f"{name} ({label})",
+        **options,
+    )
+    seconds[label] = {k: round(v, 2) for k, v in spent.items()}
+    return res
+
+
 def compute(
     models: dict[str, Model],
     *,
     dataset: str,
-    random_copies: bool,
+    scoring: str,
+    upsample: str | None,
+    random_copies: int,
+    rotations: list[float],
+    snapshots: bool,
     quantile: float,
     iou_threshold: float,
     batch_size: int,
@@ -192,11 +241,18 @@ def compute(
     probe: Probe,
     device,
 ) -> Computed:
-    """Network Dissection of every (model, layer), trained and (optionally) random-init, on
-    each model's probe folder (`dataset`: "broden" or the "standin"), each image resized to the
-    model's `size` (default its input size)."""
+    """Network Dissection of every (model, layer), trained and randomly initialised, on each
+    model's probe folder (`dataset`: "broden" or the "standin"), each image resized to the
+    model's `size` (default its input size), scored as `scoring` counts and `upsample`
+    upsamples; and the paper's headline tests on the deepest layer: `random_copies` random
+    initialisations, the rotated bases Q^alpha for alpha in `rotations`, and the training
+    `snapshots` a checkpoint keeps."""
+    upsample = upsample or nd.DEFAULT_UPSAMPLING[scoring]
+    rotations = sorted(set(rotations))
     metrics: dict = {
         "probe": dataset,
+        "scoring": scoring,
+        "upsample": upsample,
         "rules": {
             "top_label": "units whose best concept passes the IoU threshold; unique = distinct "
             "best concepts (the authors' per-unit files)",
@@ -221,38 +277,73 @@ def compute(
             )
         layers = model.settings["layers"]
         paths = {layer: layer_path(ckpt["arch"], layer) for layer in layers}
-        nets = {"trained": trained}
-        if random_copies:
-            nets["random"] = _random_copy(ckpt, probe.seed, device)
+        deepest = layers[-1]
         out: dict = {
             "probe": f"{dataset}: {ds.root} ({len(ds)} images, {len(concepts)} concepts)",
             "input_size": size,
             "layers": {},
             "seconds": {},
         }
-        rows, kept = [], {}
-        for weights, net in nets.items():
-            res, seconds = nd.dissect_layers(
-                net,
-                pre,
-                list(paths.values()),
-                ds,
-                size=size,
-                device=device,
-                quantile=quantile,
-                batch_size=batch_size,
-                workers=probe.threads,
-                top_k=top_images,
-                cache_mb=cache_mb,
-                progress=f"{name} ({weights})",
-            )
-            out["seconds"][weights] = {k: round(v, 2) for k, v in seconds.items()}
-            for layer, path in paths.items():
-                out["layers"].setdefault(layer, {})[weights] = _summary(
-                    res[path], concepts, iou_threshold
+
+        options = dict(
+            size=size,
+            device=device,
+            quantile=quantile,
+            scoring=scoring,
+            upsample=upsample,
+            batch_size=batch_size,
+            workers=probe.threads,
+            top_k=top_images,
+            cache_mb=cache_mb,
+        )
+        run = partial(_run, pre=pre, ds=ds, paths=paths, seconds=out["seconds"], name=name)
+        turns = {}
+        if rotations:
+            items = nd.ProbeItems(ds, concepts, size, masks=False)
+            q = nd.random_rotation(_units(trained, pre, paths[deepest], items, device), probe.seed)
+            turns = {
+                f"alpha={a:g}": (paths[deepest], torch.as_tensor(power))
+                for a, power in zip(rotations, nd.rotation_powers(q, rotations), strict=True)
+            }
+        res = run(trained, "trained", layers, turns, **options)
+        kept = {("trained", la): res[paths[la]] for la in layers}
+        rows = []
+        for la in layers:
+            out["layers"][la] = {"trained": _summary(kept["trained", la], concepts, iou_threshold)}
+            fm = kept["trained", la].fieldmap
+            out["layers"][la]["fieldmap"] = None if fm is None else [list(v) for v in fm]
+            rows += list(_unit_rows(la, "trained", kept["trained", la], concepts))
+        if rotations:
+            out["rotations"] = {
+                "layer": deepest,
+                "seed": probe.seed,
+                "alpha": {"0": _counts(kept["trained", deepest], concepts, iou_threshold)}
+                | {
+                    f"{a:g}": _counts(res[f"alpha={a:g}"], concepts, iou_threshold)
+                    for a in rotations
+                },
+            }
+        seeds = {}
+        for i in range(random_copies):
+            seed = probe.seed + i
+            chosen = layers if i == 0 else [deepest]
+            res = run(_random_copy(ckpt, seed, device), f"random seed {seed}", chosen, **options)
+            seeds[str(seed)] = _counts(res[paths[deepest]], concepts, iou_threshold)
+            if i == 0:
+                for la in layers:
+                    out["layers"][la]["random"] = _summary(res[paths[la]], concepts, iou_threshold)
+                    rows += list(_unit_rows(la, "random", res[paths[la]], concepts))
+        if seeds:
+            out["random_seeds"] = {"layer": deepest, "seed": seeds}
+        if snapshots and ckpt.get("snapshots"):
+            out["snapshots"] = {"layer": deepest, "step": {}}
+            for step, net in snapshot_models(ckpt, device):  # one at a time
+                res = run(net, f"step {step}", [deepest], **options)
+                out["snapshots"]["step"][str(step)] = _counts(
+                    res[paths[deepest]], concepts, iou_threshold
                 )
-                rows += list(_unit_rows(layer, weights, res[path], concepts))
-                kept[weights, layer] = res[path]
+            out["snapshots"]["end"] = _counts(kept["trained", deepest], concepts, iou_threshold)
+            out["snapshots"]["end_step"] = ckpt["meta"].get("steps")  # the trained net's
         references = model.settings.get("references", {})
         if references:
             released = Path(model.data["released"])
@@ -268,7 +359,6 @@ def compute(
                     iou_threshold,
                 )
         tables[name] = rows
-        deepest = layers[-1]
         shown[name] = {
             "layer": deepest,
             "units": _top_units(
@@ -284,7 +374,7 @@ def compute(
             ),
         }
         metrics["models"][name] = out
-        del trained, nets
+        del trained
     data = {
         "tables": tables,
         "shown": shown,
@@ -297,6 +387,7 @@ def compute(
 
 def figures(result: Computed, figure_dir) -> None:
     _detectors(result, figure_dir / "detectors.png")
+    _headlines(result, figure_dir / "headlines.png")
     for name, s in result.data["shown"].items():
         _top_units_figure(name, s, figure_dir / f"{name}.png")
 
@@ -367,7 +458,62 @@ def _detectors(result: Computed, path: Path) -> None:
         x, [f"{n} {la} ({w})" for n, la, w in columns], fontsize=6, rotation=60, ha="right"
     )
     f.suptitle(
-        f"Network Dissection on the {result.metrics['probe']} probe (IoU > threshold)", fontsize=9
+        f"Network Dissection on the {result.metrics['probe']} probe (IoU > threshold; "
+        f"{result.metrics['scoring']} scoring, {result.metrics['upsample']} upsampling)",
+        fontsize=9,
+    )
+    f.tight_layout()
+    fig.save(f, path)
+
+
+def _headlines(result: Computed, path: Path) -> None:
+    """The paper's three headline tests on each model's deepest layer: unique detectors of the
+    rotated bases Q^alpha (Fig. 4), over training (Fig. 10), and trained against random."""
+    import matplotlib.pyplot as plt
+
+    per_model = result.metrics["models"]
+    f, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    ax = axes[0]
+    for name, out in per_model.items():
+        alpha = out.get("rotations", {}).get("alpha", {})
+        if alpha:
+            xs = sorted(alpha, key=float)
+            ys = [alpha[a]["per_category"] for a in xs]
+            ax.plot([float(a) for a in xs], ys, "o-", label=name)
+    ax.set_xlabel("rotation alpha (0: the units, 1: a random basis)", fontsize=8)
+    ax.set_title("axis-aligned? (Fig. 4)", fontsize=9)
+    ax = axes[1]
+    for name, out in per_model.items():
+        snaps = out.get("snapshots")
+        if snaps:
+            keys = sorted(snaps["step"], key=int)
+            steps = [int(k) for k in keys]
+            end = snaps.get("end_step") or 2 * max(max(steps), 1)
+            ys = [snaps["step"][k]["per_category"] for k in keys] + [snaps["end"]["per_category"]]
+            ax.plot(steps + [end], ys, "o-", label=f"{name} (last point: trained)")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("optimizer step", fontsize=8)
+    ax.set_title("over training (Fig. 10)", fontsize=9)
+    ax = axes[2]
+    names = list(per_model)
+    for i, name in enumerate(names):
+        out = per_model[name]
+        deepest = result.data["layers"][name][-1]
+        ax.bar(i, out["layers"][deepest]["trained"]["per_category"]["unique"], color="0.6")
+        seeds = out.get("random_seeds", {}).get("seed", {})
+        ys = [v["per_category"] for v in seeds.values()]
+        ax.plot([i] * len(ys), ys, "kx", label="random initialisations" if i == 0 else None)
+    ax.set_xticks(range(len(names)), names, fontsize=7)
+    ax.set_title("trained (bar) vs random", fontsize=9)
+    for ax in axes:
+        ax.set_ylabel("unique detectors (per-category rule)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    f.suptitle(
+        f"Network Dissection's headline tests, deepest dissected layer ({result.metrics['probe']} "
+        f"probe, {result.metrics['scoring']} scoring)",
+        fontsize=9,
     )
     f.tight_layout()
     fig.save(f, path)
@@ -416,16 +562,86 @@ def _weakest(values: dict[str, float], parts: list[str], what: str, missing: str
     return {"value": min(values.values()), "ours": "; ".join(parts) + f" ({what})"}
 
 
+def _trained_vs_random(per_model: dict, layers: dict) -> dict:
+    """Trained unique detectors over the most any random initialisation reaches (at least
+    FLOOR)."""
+    values, parts = {}, []
+    for name, out in per_model.items():
+        seeds = out.get("random_seeds", {}).get("seed", {})
+        if not seeds:
+            continue
+        deepest = layers[name][-1]
+        trained = out["layers"][deepest]["trained"]["per_category"]["unique"]
+        randoms = [v["per_category"] for v in seeds.values()]
+        values[name] = trained / max(FLOOR, *randoms)
+        parts.append(
+            f"{name} {deepest}: {trained} trained vs {'/'.join(map(str, randoms))} random "
+            f"(seeds {', '.join(seeds)})"
+        )
+    return _weakest(
+        values,
+        parts,
+        "unique detectors, per-category rule; value = trained / the most of any random "
+        f"initialisation, at least {FLOOR}",
+        "random_copies is 0",
+    )
+
+
+def _rotation(per_model: dict) -> dict:
+    """Unique detectors of the fully rotated basis over the unrotated one (the weakest model:
+    the largest ratio)."""
+    values, parts, skipped = {}, [], []
+    for name, out in per_model.items():
+        alpha = out.get("rotations", {}).get("alpha", {})
+        if "1" not in alpha:
+            continue
+        base, turned = alpha["0"]["per_category"], alpha["1"]["per_category"]
+        trend = " -> ".join(f"{v['per_category']}" for v in alpha.values())
+        if base < MIN_UNROTATED:
+            skipped.append(f"{name}: {base} unrotated detectors, too few to judge a drop")
+            continue
+        values[name] = turned / base
+        parts.append(f"{name} {out['rotations']['layer']}: {trend} at alpha {', '.join(alpha)}")
+    if not values:
+        return {"na": "; ".join(skipped) or "rotations do not include alpha = 1"}
+    worst = max(values, key=values.get)
+    return {
+        "value": values[worst],
+        "ours": "; ".join(parts + skipped)
+        + " (unique detectors, per-category rule; value = full rotation / unrotated, the "
+        "largest ratio decides)",
+    }
+
+
+def _training(per_model: dict) -> dict:
+    """Unique detectors of the trained net over those of its first snapshot (at least
+    FLOOR)."""
+    values, parts = {}, []
+    for name, out in per_model.items():
+        snaps = out.get("snapshots")
+        if not snaps:
+            continue
+        steps = snaps["step"]
+        first = steps[min(steps, key=int)]["per_category"]
+        end = snaps["end"]["per_category"]
+        values[name] = end / max(FLOOR, first)
+        trend = ", ".join(f"{k}: {steps[k]['per_category']}" for k in sorted(steps, key=int))
+        parts.append(
+            f"{name} {snaps['layer']} by step: {trend}, end (step {snaps.get('end_step')}): {end}"
+        )
+    return _weakest(
+        values,
+        parts,
+        f"unique detectors, per-category rule; value = end / first snapshot, at least {FLOOR}",
+        "no dissected model keeps training snapshots (models.<model>.train.snapshots; "
+        "imported nets have none)",
+    )
+
+
 def claims(result: Computed) -> dict:
     per_model, layers = result.metrics["models"], result.data["layers"]
-    trained_vs_random, rising, counts, agreement = {}, {}, {}, {}
+    rising, counts, agreement = {}, {}, {}
     for name, out in per_model.items():
-        deepest = out["layers"][layers[name][-1]]
-        if "random" in deepest:
-            trained_vs_random[name] = (
-                deepest["trained"]["per_category"]["unique"],
-                deepest["random"]["per_category"]["unique"],
-            )
         if len(layers[name]) > 1:
             share = []
             for layer in (layers[name][0], layers[name][-1]):
@@ -443,15 +659,9 @@ def claims(result: Computed) -> dict:
             if rel and "unit_label_agreement" in rel:
                 agreement[f"{name} {layer}"] = rel["unit_label_agreement"]
     out = {
-        "trained_more_detectors": _weakest(
-            {n: t - r for n, (t, r) in trained_vs_random.items()},
-            [
-                f"{n} {layers[n][-1]}: {t} trained vs {r} random"
-                for n, (t, r) in trained_vs_random.items()
-            ],
-            "unique detectors, per-category rule",
-            "random_copies is off",
-        ),
+        "trained_more_detectors": _trained_vs_random(per_model, layers),
+        "rotation_destroys_detectors": _rotation(per_model),
+        "detectors_rise_with_training": _training(per_model),
         "high_level_rises_with_depth": _weakest(
             {n: b - a for n, (a, b) in rising.items()},
             [

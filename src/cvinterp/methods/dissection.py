@@ -1,19 +1,42 @@
-"""Network Dissection (Bau, Zhou, Khosla, Oliva & Torralba 2017).
+"""Network Dissection (Bau, Zhou, Khosla, Oliva & Torralba 2017), scored as the authors' code
+scores it (CSAILVision/NetDissect: `labelprobe.py`, `intersect.py`, `upsample.py`,
+`makeresult.py`), with NetDissect-Lite's variant (`feature_operation.py`) as an option.
 
 For every unit k of a layer:
 
 1. its threshold T_k is the top `quantile` (0.005) of its activations over every spatial position
-   of every probe image (`TopQuantile`: an exact streaming top-K on the device, where the
-   authors read an approximate quantile); activations are taken after the layer's ReLU, as
-   in the authors' Caffe nets (`rectify`; a no-op where the recorded module ends in a ReLU);
-2. its activation map on each image is upsampled bilinearly to the mask resolution and
-   thresholded, M_k = S_k > T_k;
-3. for each concept c, IoU_{k,c} = sum |M_k & L_c| / sum |M_k | L_c|, the sums running over the
-   images that carry a label of c's category (`Tally`: intersections and areas as batched
-   counts); each label is scored in its primary category only: its pixels in the masks of
-   another category (a Broden label listed under two) are not counted, and the activation
-   area runs over the images carrying the primary category;
-4. the unit detects its best concept when that IoU exceeds `iou_threshold` (0.04).
+   of every probe image (`TopQuantile`: the exact K-th largest, streamed on the device; the
+   authors read an approximate quantile sketch, which differs by under 1% and moves no count on
+   the released CaffeNet); activations are taken after the layer's ReLU, as in the authors' Caffe
+   nets (`rectify`; a no-op where the recorded module ends in a ReLU);
+2. its activation map on each image is upsampled to the mask resolution (`Upsampler`) and
+   thresholded, M_k = S_k > T_k. `fieldmap` (the original): each activation sits at the centre of
+   its receptive field, derived from the net's conv/pool geometry (`cvinterp.fieldmap`), values
+   are linear between centres and held beyond the outer ones; `bilinear` (Lite): half-pixel
+   bilinear interpolation;
+3. IoU_{k,c} = I / (A + T - I), where, as in the authors' tally:
+   - label numbers are global: every mask layer of every category and every whole-image label of
+     an image is a label plane, and a label's pixels count wherever they occur (a label listed
+     under two categories counts in the masks of both);
+   - T_c counts label c's pixels once per plane (a pixel labelled c in two part masks counts
+     twice; a whole-image label counts every pixel, once per listing), I_{k,c} the active pixels
+     of k under c the same way;
+   - A counts unit k's active pixels: `scoring="original"`, on the images that carry any label
+     whose primary category is c's; `scoring="lite"`, per image, towards the categories of the
+     labels under the active pixels (whole-image labels lie under every pixel);
+   - a label's primary category is where `c_<category>.csv` gives it the highest coverage (ties
+     to the later category: `cvinterp.data.broden.primary_categories`); it picks the
+     denominator and the category in which the label competes;
+4. per category, the unit's best label is the highest IoU among the labels of that primary
+   category; its best concept overall is the best of those (ties to the later category); it
+   detects it when the IoU exceeds `iou_threshold` (0.04).
+
+Where we depart: the threshold is exact (above); every (unit, label) count is kept, where the
+original's tally keeps the 2048 largest counts per image (`tally_depth`); every listing of a
+label counts, where the original's per-image sum keeps one of two equal (unit, label) entries (a
+whole-image label listed twice on one image, or listed and also in a mask: absent from Broden;
+Lite counts each too); images without any label are kept for the threshold, where the original
+drops them (every Broden image has colour labels).
 
 "Unique detectors" are counted two ways (`count_detectors`), and every table says which:
 
@@ -24,7 +47,9 @@ For every unit k of a layer:
   figures: CaffeNet ImageNet conv5 has 61).
 
 `dissect(model, layer, probe)` is the face for notebooks (a Broden folder, or image and mask
-pairs held in memory); `dissect_layers` is the engine the experiments call.
+pairs held in memory); `iou_by_label` scores activations one already has; `dissect_layers` is
+the engine the experiments call. `random_rotation` and `rotation_powers` give the paper's
+rotated bases Q^alpha (Sec. 3.2: is interpretability axis-aligned?).
 """
 
 from __future__ import annotations
@@ -39,33 +64,37 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvinterp.data.broden import BrodenDataset
+from cvinterp.data.broden import BrodenDataset, primary_categories
+from cvinterp.fieldmap import Fieldmap, fieldmap, linear_weights, mask_centres
 from cvinterp.instrument import model_device
 from cvinterp.models import IMAGENET_RGB, Preprocessing
 
 QUANTILE = 0.005
 IOU_THRESHOLD = 0.04
 RULES = ("top_label", "per_category")
+SCORINGS = ("original", "lite")
+UPSAMPLINGS = ("fieldmap", "bilinear")
+DEFAULT_UPSAMPLING = {"original": "fieldmap", "lite": "bilinear"}
 
 
 @dataclass
 class Concepts:
-    """The probe's labels as dense concept indices 0..C-1, each with its primary category."""
+    """The probe's labels as dense concept indices 0..C-1 (in label-number order), each with its
+    primary category."""
 
     numbers: list[int]  # Broden label number of each concept
     names: list[str]
     categories: list[str]
     category: np.ndarray  # (C,) index into `categories` of each concept's primary category
-    lookup: dict[str, np.ndarray]  # category -> label number -> concept + 1 (0: not scored)
+    lookup: np.ndarray  # label number -> concept + 1 (0: not a label of the probe)
 
     @classmethod
-    def of(cls, ds: BrodenDataset) -> Concepts:
+    def of(cls, ds) -> Concepts:
         cats = list(ds.categories)
-        kept = [(n, name, cat) for n, name, cat in sorted(ds.labels) if cat in cats]
-        top = max([n for n, _, _ in ds.labels] + [0])
-        lookup = {c: np.zeros(top + 1, np.int32) for c in cats}
-        for i, (n, _, cat) in enumerate(kept):
-            lookup[cat][n] = i + 1  # scored only in its primary category
+        kept = [(n, name, cat) for n, name, cat in sorted(ds.labels) if cat in cats and n > 0]
+        lookup = np.zeros(max([n for n, _, _ in ds.labels] + [0]) + 1, np.int32)
+        for i, (n, _, _) in enumerate(kept):
+            lookup[n] = i + 1
         return cls(
             [n for n, _, _ in kept],
             [name for _, name, _ in kept],
@@ -78,31 +107,24 @@ class Concepts:
         return len(self.names)
 
     def planes(self, item: dict) -> tuple[np.ndarray, np.ndarray]:
-        """One Broden item as (label planes int32 (L, sh, sw) of concept + 1, 0 = none;
-        categories the image carries, bool (K,)). Whole-image labels fill a plane; a concept
-        named twice at one pixel (two mask files of a category) counts once."""
-        shape = None
+        """One Broden item as (label planes int32 (L, sh, sw) of concept + 1, 0 = none: one per
+        mask layer of every category, then one full plane per whole-image label; the primary
+        categories of the labels the image carries, bool (K,)). A label number the probe does
+        not list (a corrupt mask) is unlabelled."""
+        lut, shape = self.lookup, tuple(item["mask_shape"])
         planes = []
-        for cat, stack in item["masks"].items():
-            shape = stack.shape[1:]
-            lut = self.lookup[cat]
-            for mask in stack:  # an unknown label number (corrupt mask) is unlabelled
+        for stack in item["masks"].values():
+            for mask in stack:
                 known = (mask >= 0) & (mask < len(lut))
-                planes.append(np.where(known, lut[np.where(known, mask, 0)], 0))
-        carried = np.zeros(len(self.categories), bool)
-        for cat in set(item["masks"]) | set(item["image_labels"]):
-            carried[self.categories.index(cat)] = True
-        if shape is None:
-            shape = item["mask_shape"]
-        for cat, numbers in item["image_labels"].items():
+                planes.append(np.where(known, lut[np.where(known, mask, 0)], 0).astype(np.int32))
+        for numbers in item["image_labels"].values():
             for n in numbers:
-                value = self.lookup[cat][n] if n < len(self.lookup[cat]) else 0
-                planes.append(np.full(shape, value, np.int32))
-        if not planes:
-            return np.zeros((0, *shape), np.int32), carried
-        stack = np.stack(planes)
-        for i in range(1, len(stack)):  # keep each concept once per pixel
-            stack[i][(stack[:i] == stack[i]).any(0)] = 0
+                if 0 <= n < len(lut) and lut[n]:
+                    planes.append(np.full(shape, lut[n], np.int32))
+        stack = np.stack(planes) if planes else np.zeros((0, *shape), np.int32)
+        carried = np.zeros(len(self.categories), bool)
+        present = np.unique(stack)
+        carried[self.category[present[present > 0] - 1]] = True
         return stack, carried
 
 
@@ -140,62 +162,123 @@ class TopQuantile:
         return self.top.min(1).values
 
 
-class Tally:
-    """Batched IoU counts of thresholded unit maps against concept masks.
+class Upsampler:
+    """Unit maps (n, h, w) to the mask size (sh, sw).
 
-    intersection (U, C): active pixels of unit u labelled c (gathered from the active pixels,
-    which are few, and counted with one bincount);
-    activation (U, K): active pixels of unit u on images carrying category k;
-    truth (C,): pixels labelled c.
+    fieldmap=None: half-pixel bilinear (NetDissect-Lite). A fieldmap ((oy, ox), (sy, sx),
+    (ty, tx)) with the network's `input_size` (px): the original's receptive-field centres
+    (`cvinterp.fieldmap.mask_centres`: the authors' reduction round(input_size / sw) where the
+    masks are the input at that integer scale), linear between centres and held beyond the
+    outer ones, computed in float64 (the authors' spline) and returned in the maps' dtype
+    (their output array's).
     """
 
-    def __init__(self, units: int, concepts: Concepts, device, chunk: int = 1 << 25):
+    def __init__(self, fieldmap: Fieldmap | None = None, input_size: int | None = None):
+        if fieldmap is not None and not input_size:
+            raise ValueError("receptive-field upsampling needs the network's input_size (px)")
+        self.fieldmap, self.input_size = fieldmap, input_size
+        self._weights: dict = {}
+
+    @property
+    def mode(self) -> str:
+        return "bilinear" if self.fieldmap is None else "fieldmap"
+
+    def __call__(self, maps: torch.Tensor, size) -> torch.Tensor:
+        size = tuple(int(s) for s in size)
+        if self.fieldmap is None:
+            up = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+            return up.squeeze(1)
+        wy, wx = self.weights(tuple(maps.shape[-2:]), size, maps.device)
+        return (wy @ (maps.to(wy.dtype) @ wx.T)).to(maps.dtype)
+
+    def weights(self, shape, size, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (sh, h) and (sw, w) interpolation matrices, made once per shape and device."""
+        key = (shape, size, str(device))
+        if key not in self._weights:
+            ys, xs = mask_centres(self.fieldmap, shape, self.input_size, size)
+            dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+            self._weights[key] = tuple(
+                torch.as_tensor(linear_weights(p, n), dtype=dtype, device=device)
+                for p, n in ((ys, size[0]), (xs, size[1]))
+            )
+        return self._weights[key]
+
+
+class Tally:
+    """Batched IoU counts of thresholded unit maps against the label planes.
+
+    intersection (U, C): active pixels of unit u labelled c, once per plane (gathered from the
+    active pixels, which are few, and counted with one bincount);
+    activation (U, K): active pixels of unit u counted towards category k (`scoring`);
+    truth (C,): pixels labelled c, once per plane.
+    """
+
+    def __init__(
+        self,
+        units: int,
+        concepts: Concepts,
+        device,
+        *,
+        scoring: str = "original",
+        upsampler: Upsampler | None = None,
+        chunk: int = 1 << 25,
+    ):
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring {scoring!r}: choose one of {SCORINGS}")
         self.units, self.n_concepts = units, len(concepts)
+        self.scoring, self.upsample = scoring, upsampler or Upsampler()
         self.category = torch.as_tensor(concepts.category, device=device)
-        k = len(concepts.categories)
+        self.k = len(concepts.categories)
         self.intersection = torch.zeros(units * self.n_concepts, dtype=torch.int64, device=device)
-        self.activation = torch.zeros(units, k, dtype=torch.int64, device=device)
+        self.activation = torch.zeros(units, self.k, dtype=torch.int64, device=device)
         self.truth = torch.zeros(self.n_concepts, dtype=torch.int64, device=device)
         self.chunk = chunk  # upsampled elements held at once
 
     def update(self, acts, thresholds, planes, carried) -> None:
-        """acts (B, U, h, w) float; thresholds (U,); planes (B, L, sh, sw) int, concept + 1,
-        each concept at most once per pixel (as `Concepts.planes` gives them); carried (B, K)
-        bool.
+        """acts (B, U, h, w) float; thresholds (U,); planes (B, L, sh, sw) int, concept + 1, as
+        `Concepts.planes` gives them; carried (B, K) bool, the categories each image carries.
 
-        A bilinear upsample is a convex combination of source values: it never exceeds the
-        map's peak by more than float rounding, so only the (image, unit) maps whose peak comes
-        within a rounding margin of the threshold are upsampled; the others have no active
-        pixel. The result is the same as upsampling every map, and several times faster.
+        Upsampling is a convex combination of a map's values: it never exceeds the map's peak by
+        more than float rounding, so only the (image, unit) maps whose peak comes within a
+        rounding margin of the threshold are upsampled; the others have no active pixel. The
+        result is the same as upsampling every map, and several times faster.
         """
         b = acts.shape[0]
         size = planes.shape[-2:]
         flat = planes.reshape(b, planes.shape[1], -1).long()
-        labelled = flat[flat > 0] - 1
-        self.truth += torch.bincount(labelled, minlength=self.n_concepts)
+        self.truth += torch.bincount(flat[flat > 0] - 1, minlength=self.n_concepts)
         margin = 1e-4 * thresholds.abs() + 1e-30  # far above a few float32 ulps
         reach = acts.amax((2, 3)) + margin.view(1, -1) > thresholds.view(1, -1)
         ib, iu = reach.nonzero(as_tuple=True)
         step = max(1, self.chunk // (size[0] * size[1]))
         for j0 in range(0, len(ib), step):
             pb, pu = ib[j0 : j0 + step], iu[j0 : j0 + step]
-            up = F.interpolate(
-                acts[pb, pu].unsqueeze(1), size=size, mode="bilinear", align_corners=False
-            )
-            active = up.squeeze(1) > thresholds[pu].view(-1, 1, 1)  # (n, sh, sw)
+            active = self.upsample(acts[pb, pu], size) > thresholds[pu].view(-1, 1, 1)
             pair, pixel = active.reshape(len(pb), -1).nonzero(as_tuple=True)
             area = torch.bincount(pair, minlength=len(pb))  # active pixels per map
-            self.activation.index_add_(0, pu, area.unsqueeze(1) * carried[pb].long())
             labels = flat[pb[pair], :, pixel]  # (n, L) concept + 1 at each active pixel
-            unit = pu[pair].unsqueeze(1).expand_as(labels)
             hit = labels > 0
-            index = unit[hit] * self.n_concepts + labels[hit] - 1
-            self.intersection += torch.bincount(index, minlength=self.intersection.numel())
+            concept = labels[hit] - 1
+            unit = pu[pair].unsqueeze(1).expand_as(labels)[hit]
+            self.intersection += torch.bincount(
+                unit * self.n_concepts + concept, minlength=self.intersection.numel()
+            )
+            if self.scoring == "original":
+                counted = carried[pb]
+            else:  # Lite: the categories of the labels under the active pixels
+                owner = pair.unsqueeze(1).expand_as(labels)[hit]
+                found = torch.bincount(
+                    owner * self.k + self.category[concept], minlength=len(pb) * self.k
+                )
+                counted = found.view(len(pb), self.k) > 0
+            self.activation.index_add_(0, pu, area.unsqueeze(1) * counted.long())
 
     def iou(self) -> torch.Tensor:
-        """(U, C) IoU, each concept against the activation on its primary category's images."""
-        inter = self.intersection.view(self.units, self.n_concepts).double()
-        union = (self.activation[:, self.category] + self.truth - inter.long()).double()
+        """(U, C) IoU on the CPU (float64, which not every device has), each concept against
+        the activation counted for its primary category."""
+        counts = self.intersection.view(self.units, self.n_concepts).cpu()
+        area = self.activation.cpu()[:, self.category.cpu()] + self.truth.cpu()
+        inter, union = counts.double(), (area - counts).double()
         return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
 
 
@@ -210,6 +293,10 @@ class UnitLabels:
 
 
 def label_units(iou: np.ndarray, concepts: Concepts) -> UnitLabels:
+    """Each unit's best concept within each category (first maximum in label-number order) and
+    overall: the best of those, ties to the later category (the authors' `makeresult.py`). A
+    category where every IoU is 0 names its first label (the original names label 0 there: a
+    name only, as no such unit detects anything)."""
     iou = np.asarray(iou, np.float64)
     u, k = iou.shape[0], len(concepts.categories)
     per_cat = np.full((u, k), -1, np.int64)
@@ -220,9 +307,12 @@ def label_units(iou: np.ndarray, concepts: Concepts) -> UnitLabels:
             pick = iou[:, members].argmax(1)
             per_cat[:, j] = members[pick]
             per_cat_iou[:, j] = iou[np.arange(u), members[pick]]
-    best = iou.argmax(1) if iou.shape[1] else np.zeros(u, np.int64)
-    best_iou = iou[np.arange(u), best] if iou.shape[1] else np.zeros(u)
-    return UnitLabels(best, best_iou, per_cat, per_cat_iou)
+    scored = np.where(per_cat >= 0, per_cat_iou, -np.inf)
+    if not len(concepts):
+        return UnitLabels(np.zeros(u, np.int64), np.zeros(u), per_cat, per_cat_iou)
+    bestcat = k - 1 - scored[:, ::-1].argmax(1)  # the last category among equal maxima
+    rows = np.arange(u)
+    return UnitLabels(per_cat[rows, bestcat], per_cat_iou[rows, bestcat], per_cat, per_cat_iou)
 
 
 def count_detectors(
@@ -308,6 +398,7 @@ class LayerDissection:
     iou: np.ndarray
     labels: UnitLabels
     top_images: np.ndarray  # (k, U) dataset indices
+    fieldmap: Fieldmap | None = None  # the receptive-field geometry upsampled by (or bilinear)
 
 
 class _Clock:
@@ -345,11 +436,14 @@ def dissect_layers(
     model: torch.nn.Module,
     pre,
     paths: list[str],
-    ds: BrodenDataset,
+    ds,
     *,
     size: int,
     device,
     quantile: float = QUANTILE,
+    scoring: str = "original",
+    upsample: str | None = None,
+    rotations: Mapping[str, tuple[str, torch.Tensor]] | None = None,
     batch_size: int = 32,
     workers: int = 2,
     top_k: int = 4,
@@ -359,6 +453,12 @@ def dissect_layers(
     progress: str = "",
 ) -> tuple[dict[str, LayerDissection], dict[str, float]]:
     """Dissect the modules `paths` of `model` on `ds`; images resized to `size`.
+
+    scoring: "original" or "lite" (the activation denominator, see the module docstring);
+    upsample: "fieldmap" or "bilinear" (None: the scoring's own, fieldmap for the original).
+    rotations: {name: (path, Q)}: also dissect the representation Q a of layer `path` (Q a
+    (U, U) matrix applied to the rectified unit vector at every position), as the authors'
+    `netprobe.py` rotates a blob; its result is keyed by `name`.
 
     Pass 1 reads the images and streams the per-unit thresholds (and top images); pass 2 reads
     the masks and tallies the IoUs. The layers' activations from pass 1 are kept on the device
@@ -370,19 +470,41 @@ def dissect_layers(
     from cvinterp.instrument import Instrument
     from cvinterp.methods.top_images import StreamingTopK
 
+    upsample = upsample or DEFAULT_UPSAMPLING.get(scoring)
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring {scoring!r}: choose one of {SCORINGS}")
+    if upsample not in UPSAMPLINGS:
+        raise ValueError(f"upsample {upsample!r}: choose one of {UPSAMPLINGS}")
+    rotations = dict(rotations or {})
+    clash = [r for r, (p, _) in rotations.items() if r in paths or p not in paths]
+    if clash:
+        raise ValueError(f"rotations {clash}: name a new key and rotate one of {paths}")
+    rotated = {r: (p, torch.as_tensor(q, device=device)) for r, (p, q) in rotations.items()}
+    keys = list(paths) + list(rotated)
+    source = {p: p for p in paths} | {r: p for r, (p, _) in rotated.items()}
     concepts = Concepts.of(ds)
     model.eval()
     clock = _Clock(device)
-    quant = {p: TopQuantile(len(ds), quantile) for p in paths}
-    tops = {p: StreamingTopK(top_k) for p in paths}
-    cache: dict[str, list[torch.Tensor]] | None = {p: [] for p in paths}
+    quant = {p: TopQuantile(len(ds), quantile) for p in keys}
+    tops = {p: StreamingTopK(top_k) for p in keys}
+    cache: dict[str, list[torch.Tensor]] | None = {p: [] for p in keys}
+    geometry: dict[str, Fieldmap | None] = {}
     seen = 0
 
     def forward(images) -> dict[str, torch.Tensor]:
+        x = pre(images).to(device)
+        if not geometry:  # the receptive fields, from the model's layers, once
+            for p in paths:
+                geometry[p] = (
+                    fieldmap(model, p, tuple(x.shape[1:])) if upsample == "fieldmap" else None
+                )
         # the instrument only around the model: the statistics run without its function mode
         with Instrument(model, paths, detach=True, stop_early=True) as ins:
-            ins.forward(pre(images).to(device))
-            return {p: ins[p].clamp(min=0) if rectify else ins[p] for p in paths}
+            ins.forward(x)
+            acts = {p: ins[p].clamp(min=0) if rectify else ins[p] for p in paths}
+        for r, (p, q) in rotated.items():
+            acts[r] = torch.einsum("vu,buhw->bvhw", q.to(acts[p].dtype), acts[p])
+        return acts
 
     clock.start()
     batches = _loader(ProbeItems(ds, concepts, size, masks=False), batch_size, workers)
@@ -390,21 +512,31 @@ def dissect_layers(
         clock.lap("decode")
         acts = forward(images)
         clock.lap("forward")
-        for p in paths:
+        for p in keys:
             quant[p].update(acts[p])
             tops[p].update(acts[p], seen)
         if cache is not None and seen == 0:
-            per_image = sum(acts[p][0].numel() * acts[p].element_size() for p in paths)
+            per_image = sum(acts[p][0].numel() * acts[p].element_size() for p in keys)
             if per_image * len(ds) > cache_mb * 2**20:
                 cache = None
         if cache is not None:
-            for p in paths:
+            for p in keys:
                 cache[p].append(acts[p])
         seen += len(images)
         clock.lap("quantile")
-    thresholds = {p: quant[p].thresholds() for p in paths}
+    thresholds = {p: quant[p].thresholds() for p in keys}
     del quant
-    tallies = {p: Tally(thresholds[p].numel(), concepts, device, chunk=chunk) for p in paths}
+    tallies = {
+        p: Tally(
+            thresholds[p].numel(),
+            concepts,
+            device,
+            scoring=scoring,
+            upsampler=Upsampler(geometry[source[p]], size),
+            chunk=chunk,
+        )
+        for p in keys
+    }
     items = ProbeItems(ds, concepts, size, masks=True, images=cache is None)
     clock.start()
     for i, (images, planes, carried) in enumerate(
@@ -415,23 +547,118 @@ def dissect_layers(
             acts = forward(images)
             clock.lap("forward")
         else:
-            acts = {p: cache[p][i] for p in paths}
-            for p in paths:
+            acts = {p: cache[p][i] for p in keys}
+            for p in keys:
                 cache[p][i] = None  # free as we go
         planes, carried = planes.to(device), carried.to(device)
-        for p in paths:
+        for p in keys:
             tallies[p].update(acts[p], thresholds[p], planes, carried)
         clock.lap("tally")
     results = {}
-    for p in paths:
+    for p in keys:
         iou = tallies[p].iou().cpu().numpy()
         results[p] = LayerDissection(
             thresholds[p].cpu().numpy(),
             iou,
             label_units(iou, concepts),
             tops[p].result().index.numpy(),
+            geometry[source[p]],
         )
     return results, clock.seconds
+
+
+def iou_by_label(
+    activations,
+    broden_root: str | Path,
+    thresholds,
+    fieldmap: Fieldmap | None = None,
+    input_size: int | None = None,
+    scoring: str = "original",
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Score activations one already has against a Broden folder, without a model.
+
+    activations: (N, U, h, w) array or tensor, one row per row of `index.csv`, in order (scored
+    on its device); thresholds: (U,). Returns an (U, max_label + 1) float64 array of IoUs
+    indexed by Broden label number (column 0 unused). fieldmap=None: half-pixel bilinear
+    upsampling; ((oy, ox), (sy, sx), (ty, tx)) as in the original's fieldmap, with the
+    network's `input_size` (px): receptive-field-centre upsampling. scoring: "original" or
+    "lite" (the activation denominator).
+    """
+    ds = BrodenDataset(broden_root)
+    acts = torch.as_tensor(activations)
+    if acts.ndim != 4 or len(acts) != len(ds):
+        raise ValueError(
+            f"activations of shape {tuple(acts.shape)}: expected (N, U, h, w) with N = "
+            f"{len(ds)}, the rows of {Path(broden_root) / 'index.csv'}"
+        )
+    if not acts.is_floating_point():
+        acts = acts.float()
+    thr = torch.as_tensor(thresholds, dtype=acts.dtype, device=acts.device).reshape(-1)
+    if thr.numel() != acts.shape[1]:
+        raise ValueError(f"{thr.numel()} thresholds for {acts.shape[1]} units")
+    concepts = Concepts.of(ds)
+    tally = Tally(
+        acts.shape[1],
+        concepts,
+        acts.device,
+        scoring=scoring,
+        upsampler=Upsampler(fieldmap, input_size),
+    )
+    items = ProbeItems(ds, concepts, size=0, masks=True, images=False)
+    start = 0
+    for _, planes, carried in _loader(items, batch_size, 0):
+        stop = start + len(planes)
+        tally.update(acts[start:stop], thr, planes.to(acts.device), carried.to(acts.device))
+        start = stop
+    out = np.zeros((acts.shape[1], len(concepts.lookup)))
+    out[:, concepts.numbers] = tally.iou().cpu().numpy()
+    return out
+
+
+def random_rotation(n: int, seed: int) -> np.ndarray:
+    """A rotation drawn uniformly from SO(n) (the paper's Q: QR of a Gaussian matrix with R's
+    diagonal made positive; a reflection turned into a rotation by negating one row)."""
+    a = np.random.default_rng(seed).standard_normal((n, n))
+    q, r = np.linalg.qr(a)
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[0] = -q[0]
+    return q
+
+
+def rotation_powers(q: np.ndarray, alphas: Iterable[float]) -> list[np.ndarray]:
+    """Q^alpha for each alpha, on the minimal geodesic from I (alpha = 0) to Q (alpha = 1): the
+    real Schur form of Q (one decomposition for all alphas) with each 2x2 block's signed
+    rotation angle scaled by alpha. The paper computes its Q^alpha from a Schur decomposition
+    too; the authors' `rotate.py` reads the angles unsigned (arccos of the diagonal), so its
+    alpha = 1 is not exactly its Q: here Q^1 is Q."""
+    from scipy.linalg import schur
+
+    t, w = schur(q, output="real")
+    n = len(q)
+    blocks, i = [], 0
+    while i < n:
+        if i + 1 < n and abs(t[i + 1, i]) > 1e-9:  # a 2x2 rotation block
+            blocks.append((i, math.atan2(t[i + 1, i], t[i, i])))
+            i += 2
+        else:  # an eigenvalue +1 (-1, a half turn with no 2x2 block, has measure zero)
+            if t[i, i] < 0:
+                raise ValueError("Q has an isolated eigenvalue -1: its powers are not defined")
+            i += 1
+    out = []
+    for alpha in alphas:
+        block = np.eye(n)
+        for i, angle in blocks:
+            c, s = math.cos(alpha * angle), math.sin(alpha * angle)
+            block[i : i + 2, i : i + 2] = [[c, -s], [s, c]]
+        out.append(w @ block @ w.T)
+    return out
+
+
+def rotation_power(q: np.ndarray, alpha: float) -> np.ndarray:
+    """Q^alpha (`rotation_powers` of one alpha)."""
+    return rotation_powers(q, [alpha])[0]
 
 
 class MemoryProbe:
@@ -441,14 +668,15 @@ class MemoryProbe:
     (sh, sw) of label numbers (0: unlabelled) or a stack of them (k, sh, sw), or an int or a
     list of ints that label the whole image. Every mask of the probe has one shape (the images
     may differ: they are resized for the network). Label numbers are shared by all categories,
-    as in Broden; a label is scored in the category it occurs in most often (its primary
-    category; ties go to the category seen first). labels: {number: name} (default: the number).
+    as in Broden; a label's primary category is the one where it covers the most image area
+    (its coverage in whole images, as Broden's c_*.csv; ties go to the later category, as the
+    authors break them). labels: {number: name} (default: the number).
     """
 
     def __init__(self, pairs: Iterable, labels: Mapping[int, str] | None = None):
         self.categories: list[str] = []
         self.entries: list[tuple[np.ndarray, dict, dict]] = []
-        counts: dict[int, dict[str, int]] = {}
+        coverage: dict[str, dict[int, float]] = {}
         self.mask_shape: tuple[int, int] | None = None
         for i, (image, by_category) in enumerate(pairs):
             image = np.asarray(image)
@@ -466,7 +694,7 @@ class MemoryProbe:
                     raise ValueError(f"probe image {i}, {category}: labels must be integers")
                 if value.ndim <= 1:
                     whole[category] = [int(n) for n in value.ravel() if n]
-                    numbers = set(whole[category])
+                    area = {n: float(whole[category].count(n)) for n in whole[category]}
                 elif value.ndim in (2, 3):
                     stack = value.reshape(-1, *value.shape[-2:]).astype(np.int32)
                     if self.mask_shape is None:
@@ -477,24 +705,27 @@ class MemoryProbe:
                             f"every mask of a probe has one shape (here {self.mask_shape})"
                         )
                     masks[category] = stack
-                    numbers = set(np.unique(stack).tolist()) - {0}
+                    found, count = np.unique(stack, return_counts=True)
+                    pixels = stack.shape[1] * stack.shape[2]
+                    area = {int(n): c / pixels for n, c in zip(found, count, strict=True) if n}
                 else:
                     raise ValueError(f"probe image {i}, {category}: labels of shape {value.shape}")
-                if any(n < 0 for n in numbers):
+                if any(n < 0 for n in area):
                     raise ValueError(f"probe image {i}, {category}: negative label number")
-                for n in numbers:
-                    per = counts.setdefault(n, {})
-                    per[category] = per.get(category, 0) + 1
+                per = coverage.setdefault(category, {})
+                for n, a in area.items():
+                    per[n] = per.get(n, 0.0) + a
             self.entries.append((image, masks, whole))
         if not self.entries:
             raise ValueError("the probe has no images")
         if self.mask_shape is None:  # whole-image labels only
             self.mask_shape = self.entries[0][0].shape[:2]
         names = dict(labels or {})
-        order = {c: i for i, c in enumerate(self.categories)}
+        numbers = sorted({n for per in coverage.values() for n in per})
+        coverage = {c: coverage.get(c, {}) for c in self.categories}
+        primary = primary_categories(self.categories, coverage, numbers)
         self.labels: list[tuple[int, str, str]] = [
-            (n, str(names.get(n, n)), max(per, key=lambda c, per=per: (per[c], -order[c])))
-            for n, per in sorted(counts.items())
+            (n, str(names.get(n, n)), primary[n]) for n in numbers
         ]
 
     def __len__(self) -> int:
@@ -541,6 +772,8 @@ def dissect(
     size: int | None = None,
     quantile: float = QUANTILE,
     iou_threshold: float = IOU_THRESHOLD,
+    scoring: str = "original",
+    upsample: str | None = None,
     rectify: bool = True,
     batch_size: int = 32,
     top_k: int = 4,
@@ -555,9 +788,11 @@ def dissect(
     {number: name} names their labels). Images are resized to `size` (default: the
     preprocessing's input size) and preprocessed by `preprocessing` (a `Preprocessing`,
     default torchvision's ImageNet normalisation). Unit maps are read after a ReLU
-    (`rectify`), thresholded at their top `quantile`, and a unit detects its best concept when
-    their IoU exceeds `iou_threshold`. Runs on the model's device (or `device`); puts the model
-    in eval mode.
+    (`rectify`), upsampled at their receptive-field centres (`upsample="fieldmap"`, the
+    original's; or "bilinear", Lite's), thresholded at their top `quantile`, scored as the
+    authors' original code scores them (`scoring="original"`; or "lite"), and a unit detects its
+    best concept when their IoU exceeds `iou_threshold`. Runs on the model's device (or
+    `device`); puts the model in eval mode.
     """
     pre = preprocessing
     size = size or pre.input_size
@@ -580,6 +815,8 @@ def dissect(
         size=size,
         device=device,
         quantile=quantile,
+        scoring=scoring,
+        upsample=upsample,
         batch_size=batch_size,
         workers=workers,
         top_k=top_k,
@@ -605,14 +842,26 @@ def dissect(
 
 
 def unit_maps(
-    model, pre, path: str, images: np.ndarray, units, size, device, rectify: bool = True
+    model,
+    pre,
+    path: str,
+    images: np.ndarray,
+    units,
+    size,
+    device,
+    rectify: bool = True,
+    fieldmap: Fieldmap | None = None,
 ) -> torch.Tensor:
     """The maps of `units` of module `path` on `images` (after the ReLU when `rectify`),
-    upsampled bilinearly to `size` (h, w): (N, len(units), h, w), for the figures."""
+    upsampled to the images' `size` (h, w) as the dissection upsamples them (at the
+    receptive-field centres of `fieldmap`, or bilinearly without one): (N, len(units), h, w),
+    for the figures."""
     from cvinterp.instrument import Instrument
 
     with torch.no_grad(), Instrument(model, [path], detach=True, stop_early=True) as ins:
         ins.forward(pre(images).to(device))
         acts = ins[path][:, list(units)]
     acts = acts.clamp(min=0) if rectify else acts
-    return F.interpolate(acts, size=tuple(size), mode="bilinear", align_corners=False).cpu()
+    n, u = acts.shape[:2]
+    up = Upsampler(fieldmap, input_size=images.shape[2])(acts.flatten(0, 1), size)
+    return up.view(n, u, *up.shape[-2:]).cpu()

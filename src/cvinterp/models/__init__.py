@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -146,8 +147,10 @@ def save_checkpoint(
     preprocessing: Preprocessing,
     classes: list[str],
     meta: dict | None = None,
+    snapshots: dict[int, dict] | None = None,
 ) -> None:
-    """Write a checkpoint atomically (a partial file never has the final name)."""
+    """Write a checkpoint atomically (a partial file never has the final name); `snapshots`
+    {optimizer step: state dict} are the weights during training (`snapshot_models`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -161,6 +164,8 @@ def save_checkpoint(
         "meta": dict(meta or {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if snapshots:
+        payload["snapshots"] = {str(step): state for step, state in sorted(snapshots.items())}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
@@ -192,6 +197,17 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
     model = build(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], **ckpt["arch_args"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), Preprocessing(**ckpt["preprocessing"]), ckpt
+
+
+def snapshot_models(
+    ckpt: dict, device: torch.device | str = "cpu"
+) -> Iterator[tuple[int, nn.Module]]:
+    """(optimizer step, the model with the weights it had then, in eval mode) for each snapshot
+    a checkpoint's training kept, in step order, built one at a time (none if it kept none)."""
+    for step, state in sorted(ckpt.get("snapshots", {}).items(), key=lambda kv: int(kv[0])):
+        model = build(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], **ckpt["arch_args"])
+        model.load_state_dict(state)
+        yield int(step), model.to(device).eval()
 
 
 # --- imported ImageNet weights -------------------------------------------------------------

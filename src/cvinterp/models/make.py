@@ -80,6 +80,7 @@ def make_model(
         "threads": threads,
     }
     classes: list[str]
+    snapshots: dict = {}
     if weights == "train":
         kwargs = dataset_kwargs(spec["dataset"], datasets, fashion_dir, cifar_dir, seed)
         train = load_images(spec["dataset"], "train", **kwargs).head(
@@ -89,7 +90,7 @@ def make_model(
         targs = {k: v for k, v in spec["train"].items() if k != "max_train_images"}
         from cvinterp.train import train_classifier
 
-        model, pre, train_metrics = train_classifier(
+        model, pre, train_metrics, snapshots = train_classifier(
             arch, arch_args, train, test, **targs, seed=seed, device=dev, resume_path=partial
         )
         result.update(dataset=spec["dataset"], **train_metrics)
@@ -135,7 +136,9 @@ def make_model(
             "name": name,
             "weights": weights,
             "relative_weight_change": result.get("relative_weight_change", {}),
+            "steps": result.get("steps"),
         },
+        snapshots=snapshots,
     )
     Path(partial).unlink(missing_ok=True)  # done: a later forced rerun trains afresh
     write_json(metrics, result)
