@@ -153,10 +153,9 @@ def upsample_one(a: torch.Tensor, size, fieldmap) -> torch.Tensor:
         return F.interpolate(a[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     from scipy.interpolate import RectBivariateSpline
 
-    from cvinterp.fieldmap import centres
+    from cvinterp.fieldmap import mask_centres
 
-    reduction = int(np.floor(INPUT_SIZE / size[1] + 0.5))
-    ys, xs = centres(fieldmap, tuple(a.shape), reduction)
+    ys, xs = mask_centres(fieldmap, tuple(a.shape), INPUT_SIZE, size)
     spline = RectBivariateSpline(ys, xs, a.cpu().double().numpy(), kx=1, ky=1)
     up = spline(np.arange(size[0]), np.arange(size[1]))
     return torch.from_numpy(up.astype(np.float32)).to(a.device)

@@ -18,7 +18,7 @@ from cvinterp import figures as fig
 from cvinterp.data.broden import BrodenDataset
 from cvinterp.experiments.common import Computed, Declaration, Model, Probe
 from cvinterp.methods import dissection as nd
-from cvinterp.models import build, layer_path, load_checkpoint, snapshot_models
+from cvinterp.models import build_from, layer_path, load_checkpoint, snapshot_models
 
 HIGH_LEVEL = ("object", "part", "scene", "material")
 # The headline claims' guards against noise: a ratio's denominator counts at least FLOOR unique
@@ -57,8 +57,7 @@ DECLARATION = Declaration(
 def _random_copy(ckpt: dict, seed: int, device) -> torch.nn.Module:
     """The same architecture with the seeded initialisation (the paper's random-init net)."""
     torch.manual_seed(seed)
-    model = build(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], **ckpt["arch_args"])
-    return model.to(device).eval()
+    return build_from(ckpt).to(device).eval()
 
 
 def _unit_rows(layer: str, weights: str, res: nd.LayerDissection, concepts: nd.Concepts):
@@ -195,14 +194,18 @@ def _units(model, pre, path: str, items: nd.ProbeItems, device) -> int:
         return int(ins[path].shape[1])
 
 
-def _counts(res: nd.LayerDissection, concepts: nd.Concepts, threshold: float) -> dict:
-    """Unique detectors under both rules, and detector units (top-label rule)."""
-    c = nd.count_detectors(res.labels, concepts, threshold)
+def _brief(counts: dict) -> dict:
+    """Unique detectors under both rules, and detector units (top-label rule), of
+    `count_detectors`' counts (or of a layer's `_summary`, which holds them)."""
     return {
-        "per_category": c["per_category"]["unique"],
-        "top_label": c["top_label"]["unique"],
-        "units": c["top_label"]["units"],
+        "per_category": counts["per_category"]["unique"],
+        "top_label": counts["top_label"]["unique"],
+        "units": counts["top_label"]["units"],
     }
+
+
+def _counts(res: nd.LayerDissection, concepts: nd.Concepts, threshold: float) -> dict:
+    return _brief(nd.count_detectors(res.labels, concepts, threshold))
 
 
 def _run(
@@ -317,7 +320,7 @@ def compute(
             out["rotations"] = {
                 "layer": deepest,
                 "seed": probe.seed,
-                "alpha": {"0": _counts(kept["trained", deepest], concepts, iou_threshold)}
+                "alpha": {"0": _brief(out["layers"][deepest]["trained"])}
                 | {
                     f"{a:g}": _counts(res[f"alpha={a:g}"], concepts, iou_threshold)
                     for a in rotations
@@ -328,11 +331,13 @@ def compute(
             seed = probe.seed + i
             chosen = layers if i == 0 else [deepest]
             res = run(_random_copy(ckpt, seed, device), f"random seed {seed}", chosen, **options)
-            seeds[str(seed)] = _counts(res[paths[deepest]], concepts, iou_threshold)
             if i == 0:
                 for la in layers:
                     out["layers"][la]["random"] = _summary(res[paths[la]], concepts, iou_threshold)
                     rows += list(_unit_rows(la, "random", res[paths[la]], concepts))
+                seeds[str(seed)] = _brief(out["layers"][deepest]["random"])
+            else:
+                seeds[str(seed)] = _counts(res[paths[deepest]], concepts, iou_threshold)
         if seeds:
             out["random_seeds"] = {"layer": deepest, "seed": seeds}
         if snapshots and ckpt.get("snapshots"):
@@ -342,7 +347,7 @@ def compute(
                 out["snapshots"]["step"][str(step)] = _counts(
                     res[paths[deepest]], concepts, iou_threshold
                 )
-            out["snapshots"]["end"] = _counts(kept["trained", deepest], concepts, iou_threshold)
+            out["snapshots"]["end"] = _brief(out["layers"][deepest]["trained"])
             out["snapshots"]["end_step"] = ckpt["meta"].get("steps")  # the trained net's
         references = model.settings.get("references", {})
         if references:

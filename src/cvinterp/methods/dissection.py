@@ -122,9 +122,10 @@ class Concepts:
                 if 0 <= n < len(lut) and lut[n]:
                     planes.append(np.full(shape, lut[n], np.int32))
         stack = np.stack(planes) if planes else np.zeros((0, *shape), np.int32)
+        present = np.zeros(len(self) + 1, bool)  # concept + 1 -> on this image
+        present[stack] = True
         carried = np.zeros(len(self.categories), bool)
-        present = np.unique(stack)
-        carried[self.category[present[present > 0] - 1]] = True
+        carried[self.category[present[1:]]] = True
         return stack, carried
 
 

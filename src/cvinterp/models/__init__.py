@@ -191,10 +191,15 @@ def read_checkpoint(
     return ckpt
 
 
+def build_from(ckpt: dict) -> nn.Module:
+    """A freshly initialised model of a checkpoint's architecture (its weights not loaded)."""
+    return build(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], **ckpt["arch_args"])
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
     """(model in eval mode on `device`, preprocessing, checkpoint dict)."""
     ckpt = read_checkpoint(path)
-    model = build(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], **ckpt["arch_args"])
+    model = build_from(ckpt)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), Preprocessing(**ckpt["preprocessing"]), ckpt
 
@@ -205,7 +210,7 @@ def snapshot_models(
     """(optimizer step, the model with the weights it had then, in eval mode) for each snapshot
     a checkpoint's training kept, in step order, built one at a time (none if it kept none)."""
     for step, state in sorted(ckpt.get("snapshots", {}).items(), key=lambda kv: int(kv[0])):
-        model = build(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], **ckpt["arch_args"])
+        model = build_from(ckpt)
         model.load_state_dict(state)
         yield int(step), model.to(device).eval()
 
