@@ -89,8 +89,10 @@ def sweep(scorer, model, stream, positions, length, gen, vocab) -> tuple[float, 
     """(seconds, targets scored) of the batched lm_context conditions, and the seconds of the
     full-context pass."""
     n = len(positions)
-    function = torch.rand(vocab, generator=gen) < 0.3
+    # word classes per stream position (as tags give them), a third function words
+    function = (torch.rand(len(stream), generator=gen) < 0.3).to(stream.device)
     content = ~function
+    donor = stream.flip(0)  # replacement text: another run of tokens, as the training split
     full_seconds, _ = timed(
         lambda: khandelwal.full_context_loss(model, stream, positions), scorer.stream.device
     )
@@ -104,8 +106,9 @@ def sweep(scorer, model, stream, positions, length, gen, vocab) -> tuple[float, 
             for b in SWEEP_BOUNDARIES:
                 if b < length:
                     ctx, lengths = khandelwal.perturb(
-                        kind, index, stream, b, generator=gen, function=function, content=content
-                    )
+                        kind, index, stream, b, generator=gen, function=function,
+                        content=content, donor=donor,
+                    )  # fmt: skip
                     scorer.nll(ctx, stream[positions], lengths)
 
     seconds, _ = timed(run, scorer.stream.device)

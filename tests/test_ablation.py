@@ -484,3 +484,244 @@ def test_an_imagenet_net_without_a_validation_folder_is_a_clear_error():
     probe = Probe(datasets={"imagenet_val": {"dir": None}})
     with pytest.raises(DataError, match=r"alexnet needs labelled ImageNet.*imagenet_val\.dir"):
         labelled(net, probe, None)
+
+
+# --------------------------------------------------------------------------- unit predictors
+
+
+def test_weight_l1_of_conv_and_linear_layers_is_the_sum_of_each_filters_abs_weights():
+    net = nn.Sequential(nn.Conv2d(2, 3, 2), nn.Conv2d(4, 6, 3, groups=2))
+    fc = nn.Linear(5, 3)
+    with torch.no_grad():
+        w = torch.arange(24, dtype=torch.float32).view(3, 2, 2, 2) - 11.5  # signs of both kinds
+        net[0].weight.copy_(w)
+        net[0].bias.fill_(100.0)  # the bias is not an incoming weight
+        fc.weight.copy_(torch.tensor([[1.0, -2, 0, 0, 3], [0, 0, 0, 0, 0], [-0.5, 0.5, 1, 1, 1]]))
+    want = [sum(abs(v) for v in w[u].flatten().tolist()) for u in range(3)]
+    assert ab.weight_l1(net, "0").tolist() == want
+    assert ab.weight_l1(fc, "").tolist() == [6.0, 0.0, 4.0]
+    # a grouped convolution: each unit's filter sees its group's input channels only
+    grouped = ab.weight_l1(net, "1")
+    assert grouped.shape == (6,) and grouped.dtype == np.float64
+    np.testing.assert_allclose(grouped, net[1].weight.detach().double().abs().sum((1, 2, 3)))
+
+
+class _Branches(nn.Module):
+    """Three convolutions concatenated along channels, in another order than they are defined,
+    through a module ReLU, a functional one, a method one and an eval dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 2, 1)
+        self.b = nn.Conv2d(3, 4, 3, padding=1)
+        self.c = nn.Conv2d(3, 1, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        inner = torch.cat([F.relu(self.b(x)), self.relu(self.a(x))], dim=1)
+        return torch.cat((self.drop(inner), self.c(x).relu()), 1)
+
+
+def test_a_fire_module_is_expand1x1s_channels_then_expand3x3s():
+    from torchvision.models.squeezenet import Fire
+
+    torch.manual_seed(0)
+    fire = Fire(8, 4, 3, 5).eval()
+    assert ab.unit_weights(fire, "") == [fire.expand1x1, fire.expand3x3]
+    l1 = ab.weight_l1(nn.Sequential(fire), "0")
+    want = torch.cat([m.weight.abs().sum((1, 2, 3)) for m in (fire.expand1x1, fire.expand3x3)])
+    np.testing.assert_allclose(l1, want.detach().double().numpy(), rtol=1e-6)
+    # the channels are assigned as the module computes them: with expand3x3 zeroed, its five
+    # channels, the last ones, are zero and expand1x1's three are not
+    with torch.no_grad():
+        fire.expand3x3.weight.zero_()
+        fire.expand3x3.bias.zero_()
+        out = fire(torch.randn(2, 8, 5, 5))
+    assert (out[:, 3:] == 0).all() and (out[:, :3] != 0).any(3).any(2).all()
+    # the real SqueezeNet's fire9: 256 + 256 units
+    net = build("squeezenet1_1", CLASSES)
+    fire9 = net.get_submodule(layer_path("squeezenet1_1", "fire9"))
+    assert ab.unit_weights(net, "features.12") == [fire9.expand1x1, fire9.expand3x3]
+
+
+def test_concatenations_and_elementwise_ops_are_followed_in_order():
+    net = _Branches().eval()
+    assert ab.unit_weights(net, "") == [net.b, net.a, net.c]
+    l1 = ab.weight_l1(net, "")
+    assert l1.shape == (7,)
+    np.testing.assert_allclose(l1[:4], net.b.weight.detach().abs().sum((1, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(l1[4:6], net.a.weight.detach().abs().sum((1, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(l1[6:], net.c.weight.detach().abs().sum((1, 2, 3)), rtol=1e-6)
+
+
+class _Along(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.dim, self.a, self.b = dim, nn.Conv2d(3, 2, 1), nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], self.dim)
+
+
+@pytest.mark.parametrize(
+    "block, why",
+    [
+        (nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2)), r"module 'block\.1' \(MaxPool2d\)"),
+        (nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), r"'block\.1' \(BatchNorm2d\)"),
+        (_Along(2), "function 'cat'"),  # along the rows: not channels
+        (nn.Identity(), "comes from its input"),
+    ],
+)
+def test_a_layer_whose_units_have_no_filter_is_a_clear_error(block, why):
+    net = nn.Module()
+    net.block = block
+    with pytest.raises(ab.AblationError, match="incoming weights of the units of 'block'") as e:
+        ab.weight_l1(net, "block")
+    assert e.match(why)
+    ok = nn.Module()
+    ok.block = _Along(1)
+    assert ab.weight_l1(ok, "block").shape == (4,)
+
+
+def _naive_class_correlations(name: str) -> np.ndarray:
+    """(units, classes) Pearson correlation between each unit's spatially averaged activation
+    at the cut and the model's softmax probability of each class, from one full forward pass
+    of all images, with numpy, image by image."""
+    model, x, _, _, path = _case(name)
+    with torch.no_grad(), Instrument(model, [path]) as ins:
+        probs = torch.softmax(model(x), 1).numpy()
+        out = ins[path]
+    out = out if name == "mlp_sigmoid_fc1" else out.relu()  # the ReLU moves below the cut
+    acts = (out.flatten(2).mean(2) if out.dim() > 2 else out).numpy()
+    want = np.zeros((acts.shape[1], probs.shape[1]))
+    for u in range(acts.shape[1]):
+        for c in range(probs.shape[1]):
+            a, p = acts[:, u], probs[:, c]
+            da, dp = a - sum(a) / len(a), p - sum(p) / len(p)
+            den = math.sqrt(sum(da * da) * sum(dp * dp))
+            want[u, c] = sum(da * dp) / den if den > 0 else 0.0
+    return want
+
+
+@pytest.mark.parametrize(
+    "name", ["allcnn_conv6", "tower_conv5", "mlp_sigmoid_fc1", "mlp_relu_fc1", "squeezenet_fire9"]
+)
+def test_class_correlations_equal_a_naive_pearson_over_the_images(name):
+    engine = _engine(name)
+    got = engine.class_correlations()
+    assert got.dtype == torch.float64 and got.shape == (engine.units, CLASSES)
+    want = _naive_class_correlations(name)
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-10)
+    assert np.abs(want).max() > 0.3  # correlations of some size: the check has teeth
+    # the layer above's shortcut does not change the intact logits
+    np.testing.assert_allclose(
+        _engine(name, linear_update=False).class_correlations().numpy(), want, rtol=0, atol=1e-10
+    )
+
+
+def test_a_constant_activation_or_probability_has_correlation_zero():
+    torch.manual_seed(4)
+    model = _Above(nn.Conv2d(4, 4, 3, padding=1)).double().eval()
+    with torch.no_grad():
+        model.conv_a.weight[1] = 0  # unit 1 is constant: relu(bias) everywhere
+        model.conv_a.weight[2] = 0
+        model.conv_a.bias[2] = -1  # unit 2 never fires
+    x = torch.randn(12, 2, 9, 9, dtype=torch.float64)
+    y = torch.arange(12) % CLASSES
+    engine = ab.Ablation(model, "conv_a", "cpu")
+    engine.cache(zip(x.split(5), y.split(5), strict=True), 1e6, len(x))
+    corr = engine.class_correlations()
+    assert (corr[1] == 0).all() and (corr[2] == 0).all()
+    assert (corr[[0, 3]] != 0).all()
+    assert (corr.abs() <= 1 + 1e-12).all()
+    with torch.no_grad():
+        model.fc.weight.zero_()  # every probability constant
+    engine = ab.Ablation(model, "conv_a", "cpu")
+    engine.cache(zip(x.split(5), y.split(5), strict=True), 1e6, len(x))
+    assert (engine.class_correlations() == 0).all()
+
+
+def test_class_correlations_are_the_same_from_host_memory():
+    name = "allcnn_conv8"
+    fits, host = _engine(name), _engine(name, cache_mb=1e-6)
+    assert host.on_host and not fits.on_host
+    torch.testing.assert_close(host.class_correlations(), fits.class_correlations())
+
+
+def _ablate_layer(name: str) -> dict:
+    """The experiment's metrics of one layer of a test case, on its images."""
+    from types import SimpleNamespace
+
+    from cvinterp.experiments import ablation
+
+    model, x, y, _, path = _case(name)
+    data = SimpleNamespace(
+        labels=y.numpy(), batches=lambda pre, size, device: (pre(b) for b in x.split(size))
+    )
+    m = SimpleNamespace(name=name, model=model, pre=lambda t: t)
+    kwargs = dict(batch_size=5, group=7, steps=3, random_orders=1, cache_mb=1e6, seed=0)
+    return ablation.ablate_layer(m, path, data, len(x), device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize("name", ["allcnn_conv6", "squeezenet_fire9"])
+def test_the_experiment_compares_the_three_predictors(name, tmp_path):
+    from scipy.stats import spearmanr
+
+    from cvinterp.experiments import ablation
+
+    model, _, _, _, path = _case(name)
+    r = _ablate_layer(name)
+    units = r["units"]
+    for key in ("selectivity", "l1_norm", "class_correlation", "overall_drop", "max_class_drop"):
+        assert len(r[key]) == units, key
+    np.testing.assert_array_equal(r["l1_norm"], ab.weight_l1(model, path))
+    corr = _naive_class_correlations(name).max(1)
+    np.testing.assert_allclose(r["class_correlation"], corr, rtol=0, atol=1e-10)
+    s = r["summary"]
+    assert set(s["predictors"]) == {"selectivity", "l1_norm", "class_correlation"}
+    for k, rho in s["predictors"].items():
+        for against, drops in (("overall", r["overall_drop"]), ("class", r["max_class_drop"])):
+            want = spearmanr(r[k], drops).statistic
+            assert rho[against] == pytest.approx(want, abs=1e-12), (k, against)
+            assert not math.isnan(rho[against])
+    # the old keys stay, equal to the selectivity entry
+    assert s["spearman_selectivity_overall"] == s["predictors"]["selectivity"]["overall"]
+    assert s["spearman_selectivity_class"] == s["predictors"]["selectivity"]["class"]
+    png = tmp_path / "layer.png"
+    ablation._figure(r, [str(c) for c in range(CLASSES)], name, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ablate_carries_the_unit_predictors():
+    name = "allcnn_conv6"
+    model, x, y, _, path = _case(name)
+    got = ab.ablate(model, path, _batches(name), units=[5, 0, 17])
+    np.testing.assert_array_equal(got.l1_norm, ab.weight_l1(model, path)[[5, 0, 17]])
+    want = _naive_class_correlations(name).max(1)[[5, 0, 17]]
+    np.testing.assert_allclose(got.class_correlation, want, rtol=0, atol=1e-10)
+    # a layer whose units have no filter of their own: NaN norms, the rest as before
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Sequential(nn.Conv2d(2, 4, 3), nn.MaxPool2d(2)),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+    xs, ys = torch.randn(9, 2, 8, 8), torch.arange(9) % 3
+    pooled = ab.ablate(net, "0", [(xs, ys)])
+    assert np.isnan(pooled.l1_norm).all() and pooled.l1_norm.shape == (4,)
+    assert np.isfinite(pooled.class_correlation).all()
+
+
+def test_the_selectivity_claim_lists_the_other_predictors():
+    layer = _summary(1000, 0.002, 0.01, 0.01, 0.05, 0.1, 0.5)
+    layer["summary"]["predictors"] = {
+        "selectivity": {"overall": 0.1, "class": 0.5},
+        "l1_norm": {"overall": 0.62, "class": 0.31},
+        "class_correlation": {"overall": -0.05, "class": 0.44},
+    }
+    claim = _claims({"a": {"layers": {"conv5": layer}}})["selectivity_predicts_class_drop"]
+    assert claim["value"] == pytest.approx(0.4)
+    assert "weight L1 norm +0.31 / +0.62" in claim["ours"]
+    assert "class correlation +0.44 / -0.05" in claim["ours"]

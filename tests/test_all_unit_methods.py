@@ -8,7 +8,6 @@ independent computation or a run with the batch split up."""
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from cvinterp.methods.actmax import (
     erhan,
     gaussian_blur,
     pairwise_correlation,
+    step_sizes,
     unit_objective,
     yosinski,
 )
@@ -48,9 +48,17 @@ def identity(x: torch.Tensor) -> torch.Tensor:
 
 
 def smooth_images(n: int, size: int, seed: int, contrast: float = 6.0) -> torch.Tensor:
-    """Structured images in [0, 1]: blurred noise through a sigmoid."""
+    """Structured images in [0, 1]: noise blurred (sigma 1.5, radius 5, mirrored edges) through
+    a sigmoid. The fixtures' own blur, fixed here so that the images stay the same whatever
+    blur activation maximisation uses."""
     noise = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-    return torch.sigmoid(contrast * gaussian_blur(noise, 1.5))
+    t = torch.arange(-5, 6, dtype=noise.dtype)
+    k = torch.exp(-(t**2) / (2 * 1.5**2))
+    k = k / k.sum()
+    x = F.pad(noise, (5, 5, 5, 5), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
+    return torch.sigmoid(contrast * x)
 
 
 # --- activation maximisation ------------------------------------------------------------------
@@ -113,20 +121,95 @@ def test_yosinski_batched_equals_one_unit_at_a_time(k, layer):
 
 
 def test_yosinski_settings_are_table_1():
+    # Table 1, with the learning-rate policy of the authors' doc/running-optimize-image.md
     expected = {
         1: dict(decay=0.0, blur_every=4, blur_radius=0.5, norm_pct=50, contrib_pct=0,
-                iterations=500),
+                iterations=500, lr_policy="progress", lr=100.0, desired_prog=2.0),
         2: dict(decay=0.3, blur_every=0, blur_radius=0.0, norm_pct=20, contrib_pct=0,
-                iterations=750, lr=100.0),
+                iterations=750, lr_policy="constant", lr=100.0),
         3: dict(decay=1e-4, blur_every=4, blur_radius=1.0, norm_pct=0, contrib_pct=0,
-                iterations=1000, lr=100.0),
+                iterations=1000, lr_policy="constant", lr=100.0),
         4: dict(decay=0.0, blur_every=4, blur_radius=0.5, norm_pct=0, contrib_pct=90,
-                iterations=1000),
+                iterations=1000, lr_policy="progress", lr=1e8, desired_prog=2.0),
     }  # fmt: skip
     assert sorted(YOSINSKI_SETTINGS) == [1, 2, 3, 4]
     for k, values in expected.items():
         got = dataclasses.asdict(YOSINSKI_SETTINGS[k])
         assert {key: got[key] for key in values} == values, k
+
+
+def authors_optimise(score, x0, low, high, p, max_iter):
+    """The authors' GradientOptimizer._optimize (deep-visualization-toolbox,
+    optimize/gradient_optimizer.py) for one image, in NumPy, as their code reads: `score(x)`
+    gives (objective, gradient). Returns (best image, best objective, last objective)."""
+    from scipy.ndimage import gaussian_filter
+
+    xx = x0.copy()
+    best_obj, best_xx = None, None
+    for ii in range(max_iter):
+        xx = np.minimum(high, np.maximum(low, xx))  # 0. crop to [0, 255] (minus the mean)
+        obj, grad = score(xx)  # 1. forward, 4. backward
+        if best_obj is None or obj > best_obj:  # 2. best-ever snapshot
+            best_obj, best_xx = obj, xx.copy()
+        if p.lr_policy == "progress":  # 5. learning rate
+            lr = min(p.lr, p.desired_prog / np.linalg.norm(grad) ** 2)
+        else:
+            lr = p.lr
+        if ii < max_iter - 1:  # 6. no update after the last step
+            xx = xx + lr * grad
+            xx = xx * (1 - p.decay)
+            if p.blur_every != 0 and p.blur_radius > 0 and ii % p.blur_every == 0:
+                for channel in range(3):
+                    xx[channel] = gaussian_filter(xx[channel], p.blur_radius)
+            if p.norm_pct > 0:
+                pxnorms = np.linalg.norm(xx, axis=0)
+                xx = xx - xx * (pxnorms < np.percentile(pxnorms, p.norm_pct))[None]
+            if p.contrib_pct > 0:
+                benefit = (grad * -xx).sum(0)
+                small = np.abs(benefit) < np.percentile(np.abs(benefit), p.contrib_pct)
+                xx = xx - xx * small[None]
+    return best_xx, best_obj, obj
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_yosinski_runs_the_authors_loop(k):
+    """Every setting against a NumPy transcription of the authors' loop, image by image:
+    clipping first, their learning-rate policy, blur at steps 0, 4, ..., the best image."""
+    torch.manual_seed(3)
+    model = conv_net().double()
+    units = torch.tensor([0, 4])
+    objective = unit_objective(model, "2", units, where="centre")
+    start = torch.randn(
+        2, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(5)
+    )
+    start = start * 10
+    low, high = -50.0, 60.0
+    bounds = (torch.tensor(low, dtype=torch.float64), torch.tensor(high, dtype=torch.float64))
+    setting = YOSINSKI_SETTINGS[k]
+    res = yosinski(objective, start, identity, setting, bounds, iterations=13)
+    for i in range(2):
+        one = unit_objective(model, "2", units[i : i + 1], where="centre")
+
+        def score(xx, one=one):
+            x = torch.from_numpy(xx)[None].requires_grad_(True)
+            value = one(x)
+            (g,) = torch.autograd.grad(value.sum(), x)
+            return float(value.detach()), g[0].numpy()
+
+        best_xx, best_obj, last = authors_optimise(score, start[i].numpy(), low, high, setting, 13)
+        np.testing.assert_allclose(res.images[i].numpy(), best_xx, rtol=0, atol=1e-9)
+        assert float(res.final[i]) == pytest.approx(best_obj, abs=1e-9)
+        assert float(res.last[i]) == pytest.approx(last, abs=1e-9)
+
+
+def test_yosinski_progress_rate_is_capped():
+    grad = torch.zeros(3, 2, 2, 2, dtype=torch.float64)
+    grad[0] = 1.0  # ||g||^2 = 8 -> 2 / 8
+    grad[1] = 1e-3  # 2 / 8e-6 = 250000 -> capped at 100
+    lr = step_sizes(YOSINSKI_SETTINGS[1], grad)
+    assert lr.tolist() == [0.25, 100.0, 100.0]  # a zero gradient: the cap (a zero step)
+    assert step_sizes(YOSINSKI_SETTINGS[4], grad)[1] == pytest.approx(250000.0)
+    assert step_sizes(YOSINSKI_SETTINGS[3], grad).tolist() == [100.0] * 3
 
 
 def test_erhan_stays_on_the_sphere():
@@ -164,8 +247,9 @@ def test_gaussian_blur_matches_scipy_keeps_constants_and_mass():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     for sigma in (0.5, 1.0, 2.0):
-        r = max(1, math.ceil(3 * sigma))
-        ref = gaussian_filter(x.numpy(), (0, 0, sigma, sigma), mode="mirror", radius=(0, 0, r, r))
+        # the authors' blur: gaussian_filter(channel, sigma) with scipy's defaults (a 4-sigma
+        # kernel, mode "reflect")
+        ref = np.stack([[gaussian_filter(c, sigma) for c in img] for img in x.numpy()])
         np.testing.assert_allclose(gaussian_blur(x, sigma).numpy(), ref, atol=1e-12)
     const = torch.full((1, 3, 9, 9), 3.25, dtype=torch.float64)
     torch.testing.assert_close(gaussian_blur(const, 1.0), const, rtol=0, atol=1e-12)

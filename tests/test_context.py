@@ -17,7 +17,6 @@ from cvinterp.methods.context import (
     restricted_loss,
     sample_targets,
     windows,
-    word_classes,
 )
 from cvinterp.models.awd_lstm import AWDLSTM
 
@@ -147,7 +146,8 @@ N_TOKENS = 600
 @pytest.fixture(scope="module")
 def setting():
     """A stream of distinct tokens (so a token's stream position is known from its id),
-    windows of L tokens before 60 targets, and random function / content masks."""
+    windows of L tokens before 60 targets, and random function / content masks over the stream
+    positions (a token's class is that of its tag where it stands)."""
     stream = torch.randperm(N_TOKENS, generator=torch.Generator().manual_seed(13))
     positions = targets(N_TOKENS, 60, L, seed=14)
     index = windows(positions, L)
@@ -163,18 +163,17 @@ def run(kind, setting, boundary, seed=0, span=4):
     )  # fmt: skip
 
 
-def local_spans(far: int, span: int) -> list[tuple[int, int]]:
-    """Far-part column ranges of the spans, counted back from the boundary."""
-    out, j = [], 0
-    while far - j * span > 0:
-        out.append((max(0, far - (j + 1) * span), far - j * span))
-        j += 1
-    return out
+def authors_span(length: int, boundary: int, span: int) -> tuple[int, int]:
+    """The window columns the authors' shuffle_within_spans / reverse_within_spans move:
+    new_ex[-boundary - span : -boundary] (perturbations.py), a Python slice of the window."""
+    cols = list(range(length))[-boundary - span : -boundary]
+    return (cols[0], cols[-1] + 1) if cols else (0, 0)
 
 
-def test_local_spans_helper():
-    assert local_spans(10, 4) == [(6, 10), (2, 6), (0, 2)]
-    assert local_spans(8, 4) == [(4, 8), (0, 4)]
+def test_authors_span_helper():
+    assert authors_span(300, 1, 20) == (279, 299)  # 20 tokens moved at b = 1, not 299
+    assert authors_span(300, 290, 20) == (0, 10)  # cut at the window's start
+    assert authors_span(30, 7, 4) == (19, 23)
 
 
 @pytest.mark.parametrize("kind", PERTURBATIONS)
@@ -226,21 +225,22 @@ def test_reverse_global_reverses_the_far_part(setting, boundary):
 
 @pytest.mark.parametrize(
     "boundary,span",
-    [(1, 4), (7, 4), (7, 5), (10, 5), (1, 7), (L - 1, 4), (26, 3), (1, 50)],
-)  # far parts 29, 23, 23, 20, 29, 1, 4, 29: mostly not a multiple of the span
-def test_local_perturbations_work_within_spans_counted_back_from_the_boundary(
-    setting, boundary, span
-):
+    [(1, 4), (7, 4), (7, 5), (10, 5), (1, 7), (L - 1, 4), (26, 3), (1, 50), (20, 20)],
+)
+def test_local_perturbations_move_only_the_span_just_beyond_the_boundary(setting, boundary, span):
+    """Khandelwal et al.'s perturbations.py: only [L - b - span, L - b) is shuffled or
+    reversed; every other token of the window stays where it is."""
     stream, _, index, _, _ = setting
-    orig, far = stream[index], L - boundary
+    orig = stream[index]
+    lo, hi = authors_span(L, boundary, span)
     shuffled, _ = run("shuffle_local", setting, boundary, span=span)
     reversed_, _ = run("reverse_local", setting, boundary, span=span)
-    for lo, hi in local_spans(far, span):
-        assert torch.equal(shuffled[:, lo:hi].sort(1).values, orig[:, lo:hi].sort(1).values)
-        assert torch.equal(reversed_[:, lo:hi], orig[:, lo:hi].flip(1)), (lo, hi)
-        # 60 rows: in a span of two or more, every column moves in some row
-        moved = (shuffled[:, lo:hi] != orig[:, lo:hi]).any(0)
-        assert moved.all() if hi - lo > 1 else not moved.any(), (lo, hi)
+    for got in (shuffled, reversed_):
+        assert torch.equal(got[:, :lo], orig[:, :lo]) and torch.equal(got[:, hi:], orig[:, hi:])
+    assert torch.equal(reversed_[:, lo:hi], orig[:, lo:hi].flip(1))
+    assert torch.equal(shuffled[:, lo:hi].sort(1).values, orig[:, lo:hi].sort(1).values)
+    moved = (shuffled[:, lo:hi] != orig[:, lo:hi]).any(0)  # 60 rows: every column moves
+    assert moved.all() if hi - lo > 1 else not moved.any()
 
 
 @pytest.mark.parametrize("kind", ["drop_function", "drop_content"])
@@ -251,8 +251,9 @@ def test_drops_remove_exactly_the_far_words_of_their_class(setting, kind, bounda
     orig, far = stream[index], L - boundary
     tokens, lengths = run(kind, setting, boundary)
     assert tokens.shape == orig.shape and lengths.shape == (len(orig),)
-    for i, row in enumerate(orig.tolist()):
-        kept = [t for t in row[:far] if not mask[t]] + row[far:]
+    for i, (row, at) in enumerate(zip(orig.tolist(), index.tolist(), strict=True)):
+        # the authors' drop_pos: a token goes by the tag at its own position
+        kept = [t for t, j in zip(row[:far], at[:far], strict=True) if not mask[j]] + row[far:]
         n = len(kept)
         assert int(lengths[i]) == n
         assert tokens[i].tolist() == kept + [0] * (L - n)
@@ -313,35 +314,6 @@ def test_replace_in_a_split_just_long_enough():
 # --- word classes, targets, the summary numbers ------------------------------------------------
 
 
-def test_word_classes():
-    vocab = ["<unk>", "<eos>", "the", "unto", "thee", "house", "'s", "N", ",", "run"]
-    vocab += ["well-known", "1984", "hath", "Lord", "a_b", "'re", "-", "x1"]
-    function, content = word_classes(vocab)
-    assert function.dtype == bool and content.dtype == bool
-    assert [w for w, f in zip(vocab, function, strict=True) if f] == ["the", "unto", "thee", "hath"]
-    assert [w for w, c in zip(vocab, content, strict=True) if c] == [
-        "house",
-        "run",
-        "well-known",
-        "Lord",
-    ]
-
-
-def test_function_words_are_closed_class_only():
-    # a generic stop-word list would take these nouns and verbs as function words
-    vocab = ["bill", "interest", "system", "fire", "find", "give", "made", "part", "name"]
-    vocab += ["of", "which", "would", "themselves", "nor", "upon"]
-    function, content = word_classes(vocab)
-    assert content.tolist() == [True] * 9 + [False] * 6
-    assert function.tolist() == [False] * 9 + [True] * 6
-
-
-def test_the_clitic_nt_is_neither_function_nor_content():
-    function, content = word_classes(["n't", "'s", "'ll", "do"])
-    assert function.tolist() == [False, False, False, True]
-    assert content.tolist() == [False, False, False, False]
-
-
 def test_sample_targets():
     got = sample_targets(1000, 50, 100, seed=3)
     assert got.shape == (50,)
@@ -384,3 +356,45 @@ def test_insensitive_boundary():
     assert insensitive_boundary(bounds, [0.5, 0.03, 0.05, 0.01], -4.0) == 20
     assert insensitive_boundary(bounds, [0.5, 0.2, 0.1, 0.05], 4.0, tolerance=0.03) == 10
     assert insensitive_boundary(bounds, [0.5, -0.2, 0.01, -0.01], 4.0) == 10  # a drop counts too
+
+
+def test_drops_go_by_the_tag_at_each_position_not_by_the_word():
+    """The same word is dropped where its tag is of the class and kept elsewhere (the authors
+    tag tokens in context: "that" is a determiner in one place, a complementiser in another)."""
+    stream = torch.tensor([5, 6, 5, 6, 5, 6, 7, 8])
+    function = torch.tensor([True, False, False, False, True, False, False, False])
+    index = torch.arange(8)[None]
+    tokens, lengths = perturb(
+        "drop_function", index, stream, 2, generator=torch.Generator(),
+        function=function, content=~function,
+    )  # fmt: skip
+    assert tokens[0, : int(lengths[0])].tolist() == [6, 5, 6, 6, 7, 8]
+
+
+def test_drops_refuse_masks_over_the_vocabulary():
+    stream = torch.arange(10) % 4
+    with pytest.raises(ValueError, match="mask over the 10 stream positions"):
+        perturb(
+            "drop_content", torch.arange(10)[None], stream, 2, generator=torch.Generator(),
+            content=torch.ones(4, dtype=torch.bool),
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("boundary", [1, 7, L - 1])
+def test_replace_draws_a_run_of_the_donor_text(setting, boundary):
+    """The authors' replace_with_rand_seq: the far part becomes corpus.train[r : r + L - b]."""
+    stream, _, index, _, _ = setting
+    donor = 1000 + torch.arange(500)  # other text: ids that do not occur in the stream
+    far = L - boundary
+    orig = stream[index]
+    tokens, lengths = perturb(
+        "replace", index, stream, boundary, generator=torch.Generator().manual_seed(3),
+        donor=donor,
+    )  # fmt: skip
+    assert lengths is None and torch.equal(tokens[:, far:], orig[:, far:])
+    starts = tokens[:, 0] - 1000
+    assert (starts >= 0).all() and (starts + far <= 500).all()
+    assert torch.equal(tokens[:, :far], donor[starts[:, None] + torch.arange(far)])
+    assert len(set(starts.tolist())) > 1
+    with pytest.raises(ValueError, match="too few to replace"):
+        perturb("replace", index, stream, 1, generator=torch.Generator(), donor=donor[: L - 2])

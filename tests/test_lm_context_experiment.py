@@ -67,6 +67,7 @@ def test_a_checkpoint_of_another_vocabulary_is_refused(tmp_path, monkeypatch):
     settings = dict(
         corpus_dir=None,
         austen_dir=None,
+        tags_dir=None,
         split="test",
         targets=5,
         sizes=[1, 2],

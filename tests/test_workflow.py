@@ -94,8 +94,10 @@ def test_smoke_run_writes_the_unit_figures_and_their_claims(smoke):
 def test_smoke_run_measures_what_all_units_do(smoke):
     wd, out, _ = smoke
     act = json.loads((out / "metrics" / "actmax.json").read_text())
-    for layer in act["erhan"]["layers"].values():  # ascent raised every layer's units
-        assert layer["activation_final_mean"] > layer["activation_start_mean"]
+    assert set(act["erhan"]["models"]) == {"sdae_mnist", "mlp_mnist"}  # pretrained, supervised
+    for model in act["erhan"]["models"].values():  # ascent raised every layer's units
+        for layer in model["layers"].values():
+            assert layer["activation_final_mean"] > layer["activation_start_mean"]
     assert set(act["yosinski"]["settings"]) == {"1", "4"}
     assert all(s["iterations"] == 3 for s in act["yosinski"]["settings"].values())
     emb = json.loads((out / "metrics" / "embedding.json").read_text())

@@ -1,4 +1,6 @@
-"""Train a classifier from scratch: seeded, deterministic on the CPU, resumable per epoch."""
+"""Train a classifier from scratch, or pretrain a fully connected net's hidden layers without
+labels (greedy layer-wise denoising auto-encoders): seeded, deterministic on the CPU, resumable
+per epoch."""
 
 from __future__ import annotations
 
@@ -209,3 +211,211 @@ def train_classifier(
     if snapshots:
         metrics["snapshot_steps"] = sorted(kept)
     return model.eval(), pre, metrics, kept
+
+
+# --- greedy layer-wise pretraining of denoising auto-encoders (Vincent et al. 2008) ---------
+
+
+def masking_noise(x: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Vincent et al. 2008's masking noise: in each row of x (N, D), round(fraction * D)
+    components chosen at random are set to 0. The choice is drawn on the CPU from `generator`,
+    so it is the same on every device."""
+    n, d = x.shape
+    dropped = torch.rand(n, d, generator=generator).argsort(dim=1)[:, : round(fraction * d)]
+    keep = torch.ones(n, d).scatter_(1, dropped, 0.0)
+    return x * keep.to(x.device, x.dtype)
+
+
+def denoising_loss(
+    clean: torch.Tensor,
+    corrupted: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    decoder_bias: torch.Tensor,
+) -> torch.Tensor:
+    """Reconstruction cross-entropy of a tied-weight auto-encoder, in nats per example (summed
+    over the D components, averaged over the N rows): h = sigmoid(W x~ + b) encodes the
+    corrupted x~, r = sigmoid(W^T h + c) decodes it, scored against the clean x in [0, 1]."""
+    h = torch.sigmoid(corrupted @ weight.T + bias)
+    logits = h @ weight + decoder_bias  # r = sigmoid(logits), the loss computed stably
+    return (
+        nn.functional.binary_cross_entropy_with_logits(logits, clean, reduction="none")
+        .sum(1)
+        .mean()
+    )
+
+
+def _generator(*seeds: int) -> torch.Generator:
+    """A generator that depends only on the given integers (a seed, a layer, an epoch)."""
+    state = np.random.SeedSequence(list(seeds)).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+@torch.no_grad()
+def _codes(model: nn.Module, x: torch.Tensor, depth: int, batch_size: int = 1024) -> torch.Tensor:
+    """The clean output of the first `depth` hidden layers for the flattened inputs x (N, D)."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        h = x[i : i + batch_size]
+        for k in range(1, depth + 1):
+            h = getattr(model, f"act{k}")(getattr(model, f"fc{k}")(h))
+        out.append(h)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _test_loss(
+    clean: torch.Tensor, corrupted: torch.Tensor, fc: nn.Linear, c: torch.Tensor
+) -> float:
+    total = sum(
+        float(denoising_loss(clean[i : i + 1024], corrupted[i : i + 1024], fc.weight, fc.bias, c))
+        * len(clean[i : i + 1024])
+        for i in range(0, len(clean), 1024)
+    )
+    return total / len(clean)
+
+
+def pretrain_denoising_autoencoders(
+    arch: str,
+    arch_args: dict,
+    train: ImageData,
+    test: ImageData,
+    *,
+    corruption: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    resume_path: str | Path | None = None,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+):
+    """Greedy layer-wise pretraining of a stacked denoising auto-encoder (Vincent et al. 2008),
+    without labels; return (model, preprocessing, metrics).
+
+    The model is the fully connected `arch` ("mlp", sigmoid units) on pixels in [0, 1]. Layer
+    l = 1, 2, ... is trained as a denoising auto-encoder on the clean output of layers 1..l-1,
+    which are frozen: its input x with a fraction `corruption` of components set to 0
+    (`masking_noise`) is encoded by h = sigmoid(W x~ + b) and decoded with the tied weights,
+    r = sigmoid(W^T h + c), minimising the cross-entropy between r and x (`denoising_loss`) by
+    SGD, `epochs` epochs per layer. W and b become the hidden layer's weights; the decoder biases
+    c are discarded; the output (class) layer keeps its seeded random initialisation.
+
+    Metrics per layer: the test split's denoising loss (one fixed corruption) before and after,
+    and per epoch the training loss. After every epoch the state is written to `resume_path`;
+    a later call with the same arguments continues from there to the same weights (shuffling and
+    noise of layer l's epoch e depend only on (seed, l, e)). `stop_after_epoch` counts the
+    epochs of all layers and ends the run early, returning None.
+    """
+    if arch != "mlp":
+        raise ValueError(f"denoising auto-encoder pretraining needs the 'mlp' arch, not {arch!r}")
+    if arch_args.get("activation", "sigmoid") != "sigmoid":
+        raise ValueError(
+            "denoising auto-encoders encode with sigmoid units: set activation sigmoid"
+        )
+    c_in, size = train.images.shape[-1], train.images.shape[1]
+    pre = Preprocessing(1.0, [0.0] * c_in, [1.0] * c_in, False, size)  # the pixels in [0, 1]
+    torch.manual_seed(seed)
+    model = build(arch, len(train.classes), c_in, **arch_args).to(device)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    n_hidden = model.hidden
+    pretrain_args = dict(corruption=corruption, epochs=epochs, batch_size=batch_size, lr=lr)
+    key = _run_key(arch, arch_args, {"denoising_autoencoder": pretrain_args}, seed, train)
+    x_train = pre(train.images).flatten(1).to(device)
+    x_test = pre(test.images).flatten(1).to(device)
+    done, history = 0, []  # epochs done over all layers, layer-major
+    resume_path = Path(resume_path) if resume_path else None
+    state = read_state(resume_path) if resume_path and resume_path.exists() else None
+    if state is not None and state.get("key") != key:
+        print(f"ignoring {resume_path}: it belongs to other pretraining settings")
+        state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        done, history = state["done"], json.loads(state["history"])
+        print(f"resuming from {resume_path} after {done} of {n_hidden * epochs} epochs")
+    batches = range(0, len(train), batch_size)
+    t0 = time.perf_counter()
+    for layer in range(1 + done // epochs, n_hidden + 1):
+        fc = getattr(model, f"fc{layer}")
+        c = torch.zeros(fc.in_features, device=device, requires_grad=True)  # decoder bias
+        opt = torch.optim.SGD([fc.weight, fc.bias, c], lr=lr)
+        first = done - (layer - 1) * epochs  # epochs of this layer already done
+        if first:
+            with torch.no_grad():
+                c.copy_(state["decoder_bias"].to(device))
+            opt.load_state_dict(state["optimizer"])
+        clean = _codes(model, x_train, layer - 1)  # frozen: computed once, no gradient
+        clean_test = _codes(model, x_test, layer - 1)
+        noisy_test = masking_noise(clean_test, corruption, _generator(seed, layer, 0, 1))
+        if not first:
+            before = _test_loss(clean_test, noisy_test, fc, c.detach())
+            history.append({"layer": f"fc{layer}", "epoch": 0, "test_loss": before})
+        for epoch in range(first, epochs):
+            gen = _generator(seed, layer, epoch + 1)
+            order = torch.randperm(len(train), generator=gen)
+            desc = f"fc{layer} epoch {epoch + 1}/{epochs}"
+            bar = tqdm(batches, desc=desc, disable=not progress, mininterval=5)
+            running = 0.0
+            for i in bar:
+                x = clean[order[i : i + batch_size].to(device)]
+                loss = denoising_loss(x, masking_noise(x, corruption, gen), fc.weight, fc.bias, c)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                running += loss.item() * len(x)
+                bar.set_postfix(loss=f"{running / len(train):.2f}", refresh=False)
+            test_loss = _test_loss(clean_test, noisy_test, fc, c.detach())
+            history.append(
+                {
+                    "layer": f"fc{layer}",
+                    "epoch": epoch + 1,
+                    "train_loss": running / len(train),
+                    "test_loss": test_loss,
+                }
+            )
+            print(f"{desc}: denoising loss {running / len(train):.2f}, test {test_loss:.2f}")
+            done += 1
+            if resume_path:
+                resume_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = resume_path.with_name(resume_path.name + ".tmp")
+                torch.save(
+                    {
+                        "key": key,
+                        "done": done,
+                        "history": json.dumps(history),
+                        "model": model.state_dict(),
+                        "decoder_bias": c.detach().cpu(),
+                        "optimizer": opt.state_dict(),
+                    },
+                    tmp,
+                )
+                tmp.replace(resume_path)
+            if stop_after_epoch is not None and done >= stop_after_epoch < n_hidden * epochs:
+                return None
+    layers = {}
+    for k in range(1, n_hidden + 1):
+        rows = [h for h in history if h["layer"] == f"fc{k}"]
+        layers[f"fc{k}"] = {
+            "input": "pixels" if k == 1 else f"fc{k - 1}'s clean output (frozen)",
+            "units": getattr(model, f"fc{k}").out_features,
+            "test_loss_before": rows[0]["test_loss"],
+            "test_loss_after": rows[-1]["test_loss"],
+            "train_loss": [h["train_loss"] for h in rows[1:]],
+        }
+    metrics = {
+        "pretrain": {"kind": "denoising_autoencoder", **pretrain_args},
+        "optimizer": "plain SGD (no momentum, no weight decay), one layer at a time",
+        "loss": "denoising reconstruction cross-entropy, nats per example (summed over the "
+        "layer's inputs); test: the test split under one fixed corruption",
+        "layers": layers,
+        "output_layer": f"fc{n_hidden + 1}: its seeded random initialisation, never trained "
+        "(no labels were used)",
+        "n_train": len(train),
+        "n_test": len(test),
+        "history": history,
+        "train_seconds_this_run": round(time.perf_counter() - t0, 1),
+        "relative_weight_change": relative_change(initial, model.state_dict()),
+        "steps": n_hidden * epochs * len(batches),
+    }
+    return model.eval(), pre, metrics

@@ -188,6 +188,16 @@ def lm_corpus_inputs(lm):
     return wikitext2_files()
 
 
+def lm_tag_inputs(lm, split):
+    """Khandelwal et al.'s part-of-speech tag file of a PTB / WikiText-2 model's `split` (none
+    for the prose corpus: it is tagged when read)."""
+    corpus = config["language_models"][lm]["corpus"]
+    if corpus == "prose":
+        return []
+    name = "ptb" if corpus == "ptb" else "wikitext-2"
+    return [f"{RESOURCES}/downloads/{name}.pos.{split}.txt"]
+
+
 def lm_spec(wildcards):
     return config["language_models"][wildcards.lm]
 
@@ -217,10 +227,12 @@ def model_files(name, model):
     """Data a model of an experiment reads, by kind: its dataset (or corpus) files, and folders
     the experiment's script is told about."""
     if declaration(name).language_models:
-        files = lm_corpus_inputs(model)
+        tags = lm_tag_inputs(model, config["experiments"][name]["split"])
+        files = lm_corpus_inputs(model) + tags
         folders = {
             "corpus_dir": lm_corpus_dir(model),
             "austen_dir": lm_austen_dir(model),
+            "tags_dir": str(Path(tags[0]).parent) if tags else None,
         }
     else:
         files, folders = dataset_files(model), {}

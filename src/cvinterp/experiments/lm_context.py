@@ -1,8 +1,9 @@
 """lm_context: how an LSTM language model uses its context (Khandelwal et al. 2018). The same
-targets of a held-out split are scored with the context restricted to the last k tokens and with
-the context beyond a boundary shuffled, reversed, thinned of function or content words, or
-replaced (every condition of `cvinterp.methods.context`); frequent vs rare and content vs
-function targets; one figure per model in the style of the paper's."""
+targets of a held-out split (the validation split by default, as the authors analyse) are scored
+with the context restricted to the last k tokens and with the context beyond a boundary
+shuffled, reversed, thinned of function or content words (by part-of-speech tag), or replaced
+by training text (every condition of `cvinterp.methods.context`); frequent vs rare and content
+vs function targets; one figure per model in the style of the paper's."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from cvinterp import figures as fig
 from cvinterp.data import DataError, corpus_of
+from cvinterp.data import pos as postags
 from cvinterp.experiments.common import Computed, Declaration, Model, Probe
 from cvinterp.methods import context as khandelwal
 from cvinterp.models import CheckpointError
@@ -24,6 +26,11 @@ from cvinterp.models.awd_lstm import load_lm
 
 #: Target groups with their own curves.
 GROUPS = ("frequent", "rare", "function", "content")
+#: Where each corpus's part-of-speech tags come from (others: `cvinterp.data.pos.TAGGER`).
+TAG_SOURCES = {
+    "ptb": "Khandelwal et al.'s tag files (data/penn_pos_only)",
+    "wikitext2": "Khandelwal et al.'s tag files (data/wikitext-2_pos_only)",
+}
 
 
 def _check(settings: dict) -> None:
@@ -43,13 +50,16 @@ DECLARATION = Declaration(
 )
 
 
-def _group_masks(corpus, targets: np.ndarray, frequent: int, rare: int, function, content) -> dict:
-    count = corpus.counts[targets]
+def _group_masks(
+    corpus, ids: np.ndarray, at: np.ndarray, frequent: int, rare: int, function, content
+) -> dict:
+    """Target groups: by the target word's training count, and by its tag's word class."""
+    count = corpus.counts[ids[at]]
     return {
         "frequent": count > frequent,
         "rare": count < rare,
-        "function": function[targets],
-        "content": content[targets],
+        "function": function[at],
+        "content": content[at],
     }
 
 
@@ -68,6 +78,7 @@ def context_of_model(
     *,
     corpus_dir: str | None,
     austen_dir: str | None,
+    tags_dir: str | None,
     split: str,
     targets: int,
     sizes: list[int],
@@ -98,10 +109,12 @@ def context_of_model(
         raise DataError(f"{name}, {split} split: {err}") from err
     stream = torch.as_tensor(np.asarray(ids), dtype=torch.int64, device=dev)
     positions = torch.as_tensor(pos_np, device=dev)
-    function, content = khandelwal.word_classes(vocab)
+    tags = postags.split_tags(corpus, spec["corpus"], split, tags_dir)
+    function, content = postags.word_classes(tags)
     groups = _group_masks(
-        corpus, np.asarray(ids)[pos_np], frequent_count, rare_count, function, content
+        corpus, np.asarray(ids), pos_np, frequent_count, rare_count, function, content
     )
+    donor = torch.as_tensor(np.asarray(corpus.train), dtype=torch.int64, device=dev)
     scorer = khandelwal.Scorer(model, stream, batch_size)
     t0, scored, tokens = time.perf_counter(), 0, 0
     full = khandelwal.full_context_loss(model, stream, positions).cpu().numpy()
@@ -120,7 +133,7 @@ def context_of_model(
     else:
         base = scorer.at(index, positions).cpu().numpy()
         scored, tokens = scored + len(pos_np), tokens + len(pos_np) * perturb_context
-    word_masks = [torch.as_tensor(function), torch.as_tensor(content)]
+    word_masks = [torch.as_tensor(function, device=dev), torch.as_tensor(content, device=dev)]
     perturbed = {}
     steps = [(kind, b) for kind in perturbations for b in boundaries]
     for kind, b in tqdm(steps, desc=f"{name}: perturbations", mininterval=5):
@@ -137,6 +150,7 @@ def context_of_model(
                 span=span,
                 function=word_masks[0],
                 content=word_masks[1],
+                donor=donor,
             )
         except ValueError as err:  # a split too short to draw replacement text from
             raise DataError(f"{name}, {split} split, {kind} at boundary {b}: {err}") from err
@@ -156,6 +170,12 @@ def context_of_model(
         "split": split,
         "targets": len(pos_np),
         "history_per_target": history,
+        "tags": {
+            "source": TAG_SOURCES.get(spec["corpus"], postags.TAGGER),
+            "function_tokens": int(function.sum()),
+            "content_tokens": int(content.sum()),
+            "other_tokens": int(len(tags) - function.sum() - content.sum()),
+        },
         "full_context_loss": full_mean,
         "full_context_perplexity": math.exp(full_mean),
         "restriction": {
@@ -247,6 +267,7 @@ def compute(
             model.spec,
             corpus_dir=model.data.get("corpus_dir"),
             austen_dir=model.data.get("austen_dir"),
+            tags_dir=model.data.get("tags_dir"),
             split=split,
             targets=targets,
             sizes=sizes,
@@ -341,12 +362,14 @@ def plot_context(name: str, r: dict, tolerance: float, path: str | Path) -> None
         (
             axes[1, 0],
             ("shuffle_local", "reverse_local", "shuffle_global", "reverse_global"),
-            f"word order beyond the boundary ({pt['span']}-token spans or all)",
+            f"word order: the {pt['span']} tokens just beyond the boundary (local)\nor all "
+            "beyond it (global)",
         ),
         (
             axes[1, 1],
             ("drop_function", "drop_content", "replace"),
-            "words beyond the boundary dropped or replaced",
+            "words beyond the boundary dropped or replaced by training text\n"
+            f"(word classes by part-of-speech tag: {r['tags']['source']})",
         ),
     ):
         for kind in kinds:

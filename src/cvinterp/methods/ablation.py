@@ -17,6 +17,10 @@ unit. `Ablation` does it once:
 `Ablation.correct(keep)` returns the number of correctly classified images per class for each
 keep-mask (units zeroed where False): single units, or the cumulative curves.
 
+Zhou et al. compare unit attributes as predictors of a unit's importance: its class selectivity
+(`selectivity`), the L1 norm of its incoming weights (`weight_l1`, `unit_weights`) and its class
+correlation (`Ablation.class_correlations`, the largest over classes).
+
 `ablate(model, layer, loader)` is the face for notebooks: every unit zeroed in turn, the overall
 and per-class accuracies against the intact model's.
 """
@@ -231,6 +235,31 @@ class Ablation:
                 progress.update(len(y))
         return out
 
+    @torch.no_grad()
+    def class_correlations(self) -> torch.Tensor:
+        """(units, outputs) float64 Pearson correlation, over the cached images, between each
+        unit's activation (the spatial mean of its cached, rectified features) and the intact
+        model's predicted probability of each class (the softmax of its output). A pair whose
+        activation or probability is constant over the images has correlation 0.
+
+        Streams over the chunks, summing in float64 the values shifted by the first image's
+        (which keeps the sums small, and makes a constant column exactly 0)."""
+        n, shift, sums = 0, None, None
+        for f, _ in self._features():
+            a = f.flatten(2).mean(2, dtype=torch.float64) if f.dim() > 2 else f.double()
+            z = self.split.first(f) if self.split.first is not None else f
+            p = torch.softmax(self.split.upper(z).double(), 1)
+            if shift is None:
+                shift = a[0].clone(), p[0].clone()
+            a, p = a - shift[0], p - shift[1]
+            parts = (a.sum(0), p.sum(0), (a * a).sum(0), (p * p).sum(0), a.T @ p)
+            sums = parts if sums is None else tuple(s + q for s, q in zip(sums, parts, strict=True))
+            n += len(a)
+        sa, sp, saa, spp, sap = sums
+        cov = sap - sa[:, None] * sp[None] / n
+        var = (saa - sa * sa / n).clamp(min=0)[:, None] * (spp - sp * sp / n).clamp(min=0)[None]
+        return torch.where(var > 0, cov / var.clamp(min=1e-300).sqrt(), torch.zeros_like(cov))
+
     def class_totals(self) -> torch.Tensor:
         totals = torch.zeros(self.classes, dtype=torch.int64, device=self.device)
         for _, y in self.chunks:
@@ -264,6 +293,79 @@ def selectivity(class_means: torch.Tensor) -> np.ndarray:
     return sel.cpu().numpy()
 
 
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _passes_channels(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """An elementwise op that keeps each channel where it is: ReLU, identity, dropout."""
+    if node.op == "call_module":
+        return isinstance(modules[node.target], nn.ReLU | nn.Identity | nn.Dropout)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS or node.target is F.dropout
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _describe(node: fx.Node, modules: dict[str, nn.Module], path: str) -> str:
+    """What a traced node of module `path` is, for an error message."""
+    if node.op == "call_module":
+        full = f"{path}.{node.target}" if path else node.target
+        return f"module {full!r} ({type(modules[node.target]).__name__})"
+    if node.op == "placeholder":
+        return "its input"
+    name = getattr(node.target, "__name__", node.target)
+    return f"{node.op.removeprefix('call_').replace('_', ' ')} {name!r}"
+
+
+def unit_weights(model: nn.Module, path: str) -> list[nn.Module]:
+    """The convolutions / linear layers whose output channels are the units of module `path`,
+    in the order of the units: the module itself if it is one, else the layers its traced
+    output comes from through ReLUs, identities, dropouts and `torch.cat` along channels (e.g.
+    SqueezeNet's Fire: expand1x1's channels, then expand3x3's). Raises `AblationError`, naming
+    the layer, when the output comes from anything else."""
+    layer = model.get_submodule(path)
+    if isinstance(layer, _WEIGHTED):
+        return [layer]
+
+    def fail(why: str):
+        return AblationError(f"cannot find the incoming weights of the units of {path!r}: {why}")
+
+    try:
+        graph = fx.Tracer().trace(layer)
+    except Exception as err:
+        raise fail(f"torch.fx cannot trace it ({type(err).__name__}: {err})") from err
+    modules = dict(layer.named_modules())
+
+    def sources(node) -> list[nn.Module]:
+        if not isinstance(node, fx.Node):
+            raise fail(f"its output is not a tensor computed from its input ({node!r})")
+        if node.op == "call_module" and isinstance(modules[node.target], _WEIGHTED):
+            return [modules[node.target]]
+        if _passes_channels(node, modules):
+            return sources(node.args[0])
+        if node.op == "call_function" and node.target is torch.cat:
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if dim == 1:
+                return [m for part in node.args[0] for m in sources(part)]
+        raise fail(
+            f"its output comes from {_describe(node, modules, path)}, not from convolutions or "
+            "linear layers through ReLUs and concatenations along channels"
+        )
+
+    (output,) = [n for n in graph.nodes if n.op == "output"]
+    return sources(output.args[0])
+
+
+def weight_l1(model: nn.Module, path: str) -> np.ndarray:
+    """(units,) float64 L1 norm of each unit's incoming weights: the sum of |w| over its filter
+    (a convolution's weight[u], a linear layer's row u; the bias excluded), for the units of
+    module `path` as `unit_weights` finds them."""
+    norms = [
+        m.weight.detach().abs().flatten(1).sum(1, dtype=torch.float64).cpu()
+        for m in unit_weights(model, path)
+    ]
+    return torch.cat(norms).numpy()
+
+
 @dataclass
 class UnitAblation:
     """Accuracy with each of the chosen units of a layer zeroed in turn."""
@@ -275,6 +377,8 @@ class UnitAblation:
     base_class_accuracy: np.ndarray  # (classes,) per-class accuracy of the intact model
     class_totals: np.ndarray  # (classes,) images of each class
     selectivity: np.ndarray  # (E,) class selectivity of each unit (`selectivity`)
+    l1_norm: np.ndarray  # (E,) L1 norm of each unit's incoming weights (`weight_l1`; NaN: none)
+    class_correlation: np.ndarray  # (E,) largest over classes of `Ablation.class_correlations`
 
 
 def ablate(
@@ -297,6 +401,10 @@ def ablate(
     output is cached once, on the device when it fits in `cache_mb`. Runs on the model's
     device (or `device`); the model must be traceable by torch.fx. Puts the model in eval
     mode. `progress` (a tqdm bar) advances by the images of each pass.
+
+    Each unit's predictors of its importance come along: selectivity, the L1 norm of its
+    incoming weights (NaN when the layer's output is not a convolution's or a linear layer's,
+    e.g. a residual block) and its class correlation, the largest over the classes with images.
     """
     device = torch.device(device) if device is not None else model_device(model)
     engine = Ablation(model, layer, device or torch.device("cpu"))
@@ -314,6 +422,14 @@ def ablate(
     totals = engine.class_totals().double().cpu()
     per_class = (correct / totals).where(totals > 0, torch.nan)
     overall = correct.sum(1) / totals.sum()
+    try:
+        l1 = weight_l1(model, layer)
+    except AblationError:
+        l1 = np.full(engine.units, np.nan)
+    if len(l1) != engine.units:
+        raise AblationError(f"{layer!r} has {engine.units} units but {len(l1)} filters")
+    seen = torch.nonzero(totals > 0).flatten()
+    corr = engine.class_correlations().cpu()[:, seen].max(1).values.numpy()
     return UnitAblation(
         units=np.array(chosen, dtype=np.int64),
         accuracy=overall[1:].numpy(),
@@ -322,4 +438,6 @@ def ablate(
         base_class_accuracy=per_class[0].numpy(),
         class_totals=totals.long().numpy(),
         selectivity=selectivity(engine.class_means())[chosen],
+        l1_norm=l1[chosen],
+        class_correlation=corr[chosen],
     )

@@ -6,8 +6,12 @@ batch. The images are optimised in *pixel units*: the network's input with its m
 on the 0-255 scale (Caffe's input space, where Yosinski et al.'s learning rates and decay are
 stated); `to_input` maps them into the network's normalised input.
 
-- `yosinski`: plain gradient ascent with L2 decay, a Gaussian blur every few steps, and clipping
-  of pixels with a small norm or a small contribution (Yosinski et al. 2015, Table 1);
+- `yosinski`: gradient ascent with L2 decay, a Gaussian blur every few steps, and clipping of
+  pixels with a small norm or a small contribution (Yosinski et al. 2015, Table 1), run as the
+  authors' `optimize/gradient_optimizer.py` runs it: pixels clipped to 0-255 before each
+  forward pass, their "progress" learning rate for settings 1 and 4, the blur at steps 0, 4,
+  8, ... (scipy's `gaussian_filter`: a 4-sigma kernel, edges reflected), no update after the
+  last forward pass, and the best-scoring image seen returned (not the last);
 - `erhan`: gradient ascent on the sphere ||x|| = rho (Erhan et al. 2009's norm constraint).
 
 `actmax(model, target, ...)` is the face for notebooks: either method for classes or units of
@@ -31,33 +35,45 @@ from cvinterp.models import IMAGENET_RGB, Preprocessing
 
 @dataclass(frozen=True)
 class Regulariser:
-    """One column of Yosinski et al. 2015, Table 1 (0 turns a regulariser off)."""
+    """One column of Yosinski et al. 2015, Table 1 (0 turns a regulariser off), with the
+    learning-rate policy of the authors' `doc/running-optimize-image.md` for it."""
 
     decay: float = 0.0  # L2 decay: x <- (1 - decay) x every step
-    blur_every: int = 0  # blur every this many steps
+    blur_every: int = 0  # blur at steps 0, blur_every, 2 blur_every, ...
     blur_radius: float = 0.0  # Gaussian sigma, pixels
     norm_pct: float = 0.0  # zero pixels whose norm (over channels) is below this percentile
     contrib_pct: float = 0.0  # zero pixels whose |x * grad| (summed over channels) is below it
-    iterations: int = 1000
-    lr: float = 100.0
+    iterations: int = 1000  # forward passes (the last one is not followed by an update)
+    lr: float = 100.0  # the learning rate ("constant"), or its cap ("progress")
+    lr_policy: str = "constant"  # or "progress": lr = min(lr, desired_prog / ||grad||^2)
+    desired_prog: float = 2.0  # "progress": the objective's predicted gain per step
 
 
-# Table 1 of Yosinski et al. 2015. The learning rate of settings 1 and 4 is not in the table;
-# 100, that of settings 2 and 3, is assumed.
+# Table 1 of Yosinski et al. 2015 with the authors' command lines for it
+# (doc/running-optimize-image.md): settings 2 and 3 a constant lr of 100; settings 1 and 4 the
+# "progress" policy, desired progress 2, capped at 100 and 1e8.
 YOSINSKI_SETTINGS = {
-    1: Regulariser(decay=0.0, blur_every=4, blur_radius=0.5, norm_pct=50, iterations=500),
+    1: Regulariser(
+        decay=0.0, blur_every=4, blur_radius=0.5, norm_pct=50, iterations=500,
+        lr=100.0, lr_policy="progress",
+    ),
     2: Regulariser(decay=0.3, norm_pct=20, iterations=750),
     3: Regulariser(decay=1e-4, blur_every=4, blur_radius=1.0, iterations=1000),
-    4: Regulariser(decay=0.0, blur_every=4, blur_radius=0.5, contrib_pct=90, iterations=1000),
-}
+    4: Regulariser(
+        decay=0.0, blur_every=4, blur_radius=0.5, contrib_pct=90, iterations=1000,
+        lr=1e8, lr_policy="progress",
+    ),
+}  # fmt: skip
 
 
 @dataclass
 class Result:
-    images: torch.Tensor  # (N, C, H, W) in pixel units
+    images: torch.Tensor  # (N, C, H, W) in pixel units (yosinski: the best image seen)
     start: torch.Tensor  # (N,) the objective at the start
-    final: torch.Tensor  # (N,) the objective at the end
+    final: torch.Tensor  # (N,) the objective of `images`
     settings: dict
+    last: torch.Tensor | None = None  # yosinski: (N,) the objective at the last step
+    best_iteration: torch.Tensor | None = None  # yosinski: (N,) the step `images` is from
 
 
 def pixel_space(pre):
@@ -99,16 +115,30 @@ def unit_objective(
     return value
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Depthwise Gaussian blur (reflect padding), the same for every image and channel."""
+def _symmetric_index(n: int, r: int, device) -> torch.Tensor:
+    """Indices of a length-n axis padded by r on each side, edges reflected with the edge
+    sample repeated (scipy.ndimage's mode "reflect": d c b a | a b c d | d c b a)."""
+    i = torch.arange(-r, n + r, device=device)
+    period = 2 * n
+    i = torch.remainder(i, period)
+    return torch.where(i < n, i, period - 1 - i)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """Depthwise Gaussian blur of every image and channel, as scipy.ndimage.gaussian_filter
+    with its defaults (the authors' blur): a kernel of radius int(truncate * sigma + 0.5),
+    edges reflected (mode "reflect")."""
     if sigma <= 0:
         return x
-    r = max(1, math.ceil(3 * sigma))
+    r = int(truncate * sigma + 0.5)
+    if r == 0:
+        return x
     t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
     k = k / k.sum()
-    c = x.shape[1]
-    x = F.pad(x, (r, r, r, r), mode="reflect")
+    c, h, w = x.shape[1:]
+    x = x.index_select(2, _symmetric_index(h, r, x.device))
+    x = x.index_select(3, _symmetric_index(w, r, x.device))
     x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
@@ -117,6 +147,19 @@ def _below_percentile(score: torch.Tensor, pct: float) -> torch.Tensor:
     """Mask (N, 1, H, W) of pixels whose score (N, H, W) is below the image's percentile."""
     q = torch.quantile(score.flatten(1), pct / 100, dim=1).view(-1, 1, 1)
     return (score < q)[:, None]
+
+
+def step_sizes(setting: Regulariser, grad: torch.Tensor) -> torch.Tensor:
+    """(N,) the learning rate of each image of the batch: the setting's constant, or the
+    authors' "progress" rule min(lr, desired_prog / ||grad||^2), the step that would raise a
+    linear objective by desired_prog."""
+    n = len(grad)
+    if setting.lr_policy == "constant":
+        return torch.full((n,), setting.lr, dtype=grad.dtype, device=grad.device)
+    if setting.lr_policy == "progress":
+        sq = grad.flatten(1).pow(2).sum(1)
+        return (setting.desired_prog / sq).clamp(max=setting.lr)  # ||g|| = 0: the cap
+    raise ValueError(f"unknown lr_policy {setting.lr_policy!r}: 'constant' or 'progress'")
 
 
 @gradients_on()
@@ -129,38 +172,50 @@ def yosinski(
     iterations: int | None = None,
     progress=None,
 ) -> Result:
-    """Regularised gradient ascent (Yosinski et al. 2015) of a batch of images in pixel units.
+    """Regularised gradient ascent (Yosinski et al. 2015) of a batch of images in pixel units,
+    step by step as the authors' `GradientOptimizer._optimize`: clip the pixels to `bounds`
+    (low, high; broadcastable), score, keep the best image so far, then (except after the last
+    pass) step by the setting's learning rate, decay, blur at steps 0, blur_every, ..., zero
+    the pixels of small norm and of small |contribution|. Returns the best-scoring image seen
+    (`final` its objective, `last` the last step's, `best_iteration` when it was seen).
 
-    `bounds` (low, high), broadcastable to the images, keeps pixels valid; `iterations`
-    overrides the setting's (the default profile runs fewer). Works under `torch.no_grad()` and
-    `torch.inference_mode()`.
+    `iterations` overrides the setting's number of passes (the default profile runs fewer).
+    Works under `torch.no_grad()` and `torch.inference_mode()`.
     """
     x = start.detach().clone()
     steps = setting.iterations if iterations is None else iterations
-    with torch.no_grad():
-        first = objective(to_input(x))
+    if steps < 1:
+        raise ValueError(f"yosinski: iterations must be at least 1, not {steps}")
+    best = torch.full((len(x),), -math.inf, dtype=x.dtype, device=x.device)
+    best_x, best_at = x.clone(), torch.zeros(len(x), dtype=torch.long, device=x.device)
+    first = value = None
     for t in range(steps):
+        if bounds is not None:
+            x = torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
         x.requires_grad_(True)
-        value = objective(to_input(x))
-        (grad,) = torch.autograd.grad(value.sum(), x)
+        out = objective(to_input(x))
+        (grad,) = torch.autograd.grad(out.sum(), x)
         with torch.no_grad():
-            x = x + setting.lr * grad
-            if setting.decay:
-                x = x * (1 - setting.decay)
-            if setting.blur_every and setting.blur_radius and (t + 1) % setting.blur_every == 0:
-                x = gaussian_blur(x, setting.blur_radius)
-            if setting.norm_pct:
-                x = x.masked_fill(_below_percentile(x.norm(dim=1), setting.norm_pct), 0)
-            if setting.contrib_pct:
-                contribution = (x * grad).sum(1).abs()
-                x = x.masked_fill(_below_percentile(contribution, setting.contrib_pct), 0)
-            if bounds is not None:
-                x = torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
+            x, value = x.detach(), out.detach()
+            first = value.clone() if first is None else first
+            better = value > best
+            best = torch.where(better, value, best)
+            best_x[better] = x[better]
+            best_at[better] = t
+            if t < steps - 1:  # no update after the last pass
+                x = x + step_sizes(setting, grad).view(-1, *[1] * (x.ndim - 1)) * grad
+                if setting.decay:
+                    x = x * (1 - setting.decay)
+                if setting.blur_every and setting.blur_radius and t % setting.blur_every == 0:
+                    x = gaussian_blur(x, setting.blur_radius)
+                if setting.norm_pct:
+                    x = x.masked_fill(_below_percentile(x.norm(dim=1), setting.norm_pct), 0)
+                if setting.contrib_pct:
+                    contribution = (x * grad).sum(1).abs()
+                    x = x.masked_fill(_below_percentile(contribution, setting.contrib_pct), 0)
         if progress is not None:
             progress.update(1)
-    with torch.no_grad():
-        final = objective(to_input(x))
-    return Result(x.detach(), first, final, {**asdict(setting), "iterations": steps})
+    return Result(best_x, first, best, {**asdict(setting), "iterations": steps}, value, best_at)
 
 
 @gradients_on()

@@ -7,9 +7,10 @@ Every condition scores the same target tokens; only the context each target sees
   through (`full_context_loss`); the effective context is the smallest k whose mean loss is
   within a tolerance (1%) of the full-context loss (`effective_context`);
 - perturbations of the context beyond a boundary b, i.e. of all but the nearest b tokens of a
-  fixed-length window (`perturb`): shuffle or reverse within consecutive spans (counted back
-  from the boundary), shuffle or reverse all of it, drop its function words or its content
-  words, or replace it with a run of text from elsewhere in the split.
+  fixed-length window L (`perturb`), as the authors' `perturbations.py` does them: shuffle or
+  reverse the one span of 20 tokens just beyond the boundary, [L - b - 20, L - b); shuffle or
+  reverse all of the far part; drop its function words or its content words (by each token's
+  part-of-speech tag, `cvinterp.data.pos`); or replace it with a run of the training split.
 
 Contexts are index matrices into one token stream kept on the device; a condition is one batched
 gather plus batched forward passes (`Scorer`), with contexts of different lengths (after
@@ -18,7 +19,6 @@ dropping words) packed into the same batch.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,52 +34,6 @@ PERTURBATIONS = (
     "drop_content",
     "replace",
 )
-
-# Closed-class English words: determiners, pronouns, prepositions, conjunctions, auxiliaries and
-# modals, particles and wh-words (a generic stop-word list would also take nouns and verbs such as
-# "bill", "interest", "system", "find" or "give").
-FUNCTION_WORDS = frozenset(
-    """
-    a an the this that these those each every either neither some any no all both half
-    several many much more most few fewer less least other another such what which whose
-    whatever whichever own
-    i me my mine myself we us our ours ourselves you your yours yourself yourselves he him
-    his himself she her hers herself it its itself they them their theirs themselves one
-    oneself who whom whoever somebody someone something anybody anyone anything nobody
-    everybody everyone everything nothing none
-    about above across after against along amid amidst among amongst around as at before
-    behind below beneath beside besides between beyond but by concerning despite down during
-    except for from in inside into like near of off on onto out outside over past per round
-    since than through throughout till to toward towards under underneath unlike until unto
-    up upon via with within without
-    and or nor so yet because although though if unless whether while whilst whereas lest
-    once when whenever where wherever whereby wherein why how however therefore thus hence
-    then also too only just even still already not never ever very rather quite almost
-    here there now
-    be am is are was were been being have has had having do does did doing done shall should
-    will would may might must can could ought need dare
-    """.split()
-)
-# Function words the King James Bible uses that modern lists lack.
-ARCHAIC_FUNCTION_WORDS = frozenset(
-    "thee thou thy thine ye hath hast doth dost shalt art wast wilt hither thither whither "
-    "thence whence wherefore whereof thereof therein thereon therewith yea nay lo o oh".split()
-)
-_WORD = re.compile(r"^[^\W\d_]+(?:['-][^\W\d_]+)*$")
-_CLITICS = frozenset({"n't", "'s", "'ll", "'re", "'ve", "'d", "'m"})
-
-
-def word_classes(vocab: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(function, content) boolean masks over the vocabulary.
-
-    Function words: the closed-class words of `FUNCTION_WORDS` plus archaic ones (thee, hath,
-    ...); content words: every other alphabetic word. Punctuation, numbers (N), clitics
-    ('s, n't) and the special tokens (<unk>, <eos>) are neither.
-    """
-    closed = FUNCTION_WORDS | ARCHAIC_FUNCTION_WORDS
-    function = np.array([w in closed for w in vocab])
-    alphabetic = np.array([bool(_WORD.match(w)) and w not in _CLITICS | {"N"} for w in vocab])
-    return function, alphabetic & ~function
 
 
 def sample_targets(n_tokens: int, n: int, history: int, seed: int) -> np.ndarray:
@@ -171,12 +125,25 @@ def perturb(
     span: int = 20,
     function: torch.Tensor | None = None,
     content: torch.Tensor | None = None,
+    donor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Contexts (T, L) for stream windows `index` (T, L) with all but the nearest `boundary`
-    tokens perturbed; returns (tokens, lengths or None when every context keeps length L).
+    """Contexts (T, L) for stream windows `index` (T, L) with the context beyond the nearest
+    `boundary` tokens perturbed; returns (tokens, lengths or None when every context keeps
+    length L).
+
+    - shuffle_local / reverse_local: only the `span` tokens just beyond the boundary,
+      [L - boundary - span, L - boundary) (cut at the window's start), as the authors'
+      `shuffle_within_spans` / `reverse_within_spans`;
+    - shuffle_global / reverse_global: all of [0, L - boundary);
+    - drop_function / drop_content: the far tokens whose tag is of that class; `function` and
+      `content` are boolean masks over the *stream positions* (a token's class comes from its
+      part-of-speech tag in context, as the authors' `drop_pos`);
+    - replace: the far part becomes a run of `donor` (the authors draw it from the training
+      split), drawn uniformly; without a `donor`, a run of `stream` clear of the target's
+      window.
 
     `generator` draws the shuffles and the replacement text (a CPU generator: the same draws
-    on every device); `function` / `content` are boolean masks over the vocabulary.
+    on every device).
     """
     tokens = stream[index]
     n, length = index.shape
@@ -186,25 +153,40 @@ def perturb(
     dev = tokens.device
     col = torch.arange(far, device=dev)
     if kind in ("shuffle_local", "reverse_local"):
-        # spans counted back from the boundary; the farthest one may be shorter
-        span_id = ((far - 1 - col) // span).expand(n, far)
-        if kind == "shuffle_local":  # spans 2 apart, a uniform draw in [0, 1) within each
-            keys = -2.0 * span_id + torch.rand(n, far, generator=generator).to(dev)
-        else:  # integer keys: spans in place, each one reversed
-            keys = -span_id * far - col
-        return _reorder(tokens, far, keys), None
+        lo = max(0, far - span)  # one span, just beyond the boundary
+        width = far - lo
+        if kind == "shuffle_local":
+            keys = torch.rand(n, width, generator=generator).to(dev)
+        else:
+            keys = (-torch.arange(width, device=dev)).expand(n, width)
+        out = tokens.clone()
+        out[:, lo:far] = _reorder(tokens[:, lo:far], width, keys)
+        return out, None
     if kind == "shuffle_global":
         return _reorder(tokens, far, torch.rand(n, far, generator=generator).to(dev)), None
     if kind == "reverse_global":
         return _reorder(tokens, far, (-col).expand(n, far)), None
     if kind in ("drop_function", "drop_content"):
         words = function if kind == "drop_function" else content
+        if words is None or len(words) != len(stream):
+            raise ValueError(
+                f"{kind} needs `{kind[5:]}`: a boolean mask over the {len(stream)} stream "
+                "positions (one per token, from its part-of-speech tag)"
+            )
         keep = torch.ones_like(tokens, dtype=torch.bool)
-        keep[:, :far] = ~words.to(dev)[tokens[:, :far]]
+        keep[:, :far] = ~words.to(dev)[index[:, :far]]
         return _compact(tokens, keep)
     if kind == "replace":
-        start = _donor_starts(index[:, 0], far, length, len(stream), generator).to(dev)
         out = tokens.clone()
+        if donor is not None:
+            if len(donor) < far:
+                raise ValueError(
+                    f"the donor text has {len(donor)} tokens: too few to replace {far}"
+                )
+            start = torch.randint(0, len(donor) - far + 1, (n,), generator=generator)
+            out[:, :far] = donor.to(dev)[start.to(dev)[:, None] + col]
+            return out, None
+        start = _donor_starts(index[:, 0], far, length, len(stream), generator).to(dev)
         out[:, :far] = stream[start[:, None] + col]
         return out, None
     raise ValueError(f"unknown perturbation {kind!r}; known: {', '.join(PERTURBATIONS)}")

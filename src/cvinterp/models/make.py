@@ -1,7 +1,8 @@
 """The workflow's model jobs: the models the experiments read, made once per results folder.
 
-`make_model` trains a classifier of the config on its dataset, imports real ImageNet weights
-(checked on the bundled photos of known class) or initialises one with the seed;
+`make_model` trains a classifier of the config on its dataset (or pretrains its hidden layers
+without labels: `pretrain`), imports real ImageNet weights (checked on the bundled photos of
+known class) or initialises one with the seed;
 `make_language_model` trains a word-level language model on its corpus. Both write one
 checkpoint and its metrics, and resume an interrupted training from its saved state.
 """
@@ -81,7 +82,19 @@ def make_model(
     }
     classes: list[str]
     snapshots: dict = {}
-    if weights == "train":
+    if weights == "train" and spec.get("pretrain"):  # without labels: `train` is not read
+        kwargs = dataset_kwargs(spec["dataset"], datasets, fashion_dir, cifar_dir, seed)
+        train = load_images(spec["dataset"], "train", **kwargs)
+        test = load_images(spec["dataset"], "test", **kwargs)
+        pargs = {k: v for k, v in spec["pretrain"].items() if k != "kind"}
+        from cvinterp.train import pretrain_denoising_autoencoders
+
+        model, pre, train_metrics = pretrain_denoising_autoencoders(
+            arch, arch_args, train, test, **pargs, seed=seed, device=dev, resume_path=partial
+        )
+        result.update(dataset=spec["dataset"], **train_metrics)
+        classes, in_channels = train.classes, train.images.shape[-1]
+    elif weights == "train":
         kwargs = dataset_kwargs(spec["dataset"], datasets, fashion_dir, cifar_dir, seed)
         train = load_images(spec["dataset"], "train", **kwargs).head(
             spec["train"]["max_train_images"]

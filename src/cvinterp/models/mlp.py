@@ -8,7 +8,8 @@ from torch import nn
 
 class MLP(nn.Module):
     """Flattened pixels -> hidden layers fc1, fc2, ... (sigmoid units, as in Erhan et al.'s
-    stacked autoencoders and DBNs, or ReLU) -> a linear class layer."""
+    stacked autoencoders and DBNs, or ReLU) -> a linear class layer. Trained on labels, or its
+    hidden layers pretrained without them (`cvinterp.train.pretrain_denoising_autoencoders`)."""
 
     def __init__(
         self,
