@@ -725,3 +725,29 @@ def test_the_selectivity_claim_lists_the_other_predictors():
     assert claim["value"] == pytest.approx(0.4)
     assert "weight L1 norm +0.31 / +0.62" in claim["ours"]
     assert "class correlation +0.44 / -0.05" in claim["ours"]
+
+
+def test_the_experiment_ablates_a_layer_without_filters_of_its_own():
+    """A residual stage ends in a sum, not a convolution: no weight L1 norm per unit, the rest
+    of the experiment as before (the reviewer's case: resnet18 layer3 failed the whole job)."""
+    from types import SimpleNamespace
+
+    from cvinterp.experiments import ablation
+
+    torch.manual_seed(0)
+    model = build("resnet18", 4).eval()
+    x = torch.randn(12, 3, 32, 32)
+    y = torch.arange(12) % 4
+    data = SimpleNamespace(
+        labels=y.numpy(), batches=lambda pre, size, device: (pre(b) for b in x.split(size))
+    )
+    m = SimpleNamespace(name="resnet18", model=model, pre=lambda t: t)
+    r = ablation.ablate_layer(
+        m, "layer3", data, len(x), batch_size=6, group=64, steps=2, random_orders=1,
+        cache_mb=1e6, seed=0, device="cpu",
+    )  # fmt: skip
+    assert r["units"] == 256 and r["l1_norm"] is None
+    assert "add" in r["l1_norm_unavailable"]
+    rho = r["summary"]["predictors"]["l1_norm"]
+    assert math.isnan(rho["overall"]) and math.isnan(rho["class"])
+    assert len(r["class_correlation"]) == 256

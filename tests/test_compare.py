@@ -73,3 +73,13 @@ def test_bad_rule_is_refused(tmp_path):
 def test_repo_claims_are_well_formed():
     claims = load_claims(sorted((ROOT / "config" / "claims").glob("*.yaml")))
     assert claims and all(c["source"] and c["paper"] for c in claims)
+
+
+def test_a_misspelt_key_is_refused(tmp_path):
+    """A misspelt pass_if used to make the claim silently qualitative (always n/a)."""
+    cf, _ = write(tmp_path, [claim("a", pas_if={"lt": 1})], {})
+    with pytest.raises(ValueError, match=r"claim a has unknown keys \['pas_if'\]"):
+        load_claims([cf])
+    cf.write_text(cf.read_text() + "departure: oops\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['departure'\]"):
+        load_claims([cf])

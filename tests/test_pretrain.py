@@ -217,6 +217,10 @@ def test_the_model_job_writes_a_pretrained_mlp_checkpoint_and_its_metrics(tmp_pa
             ),
             r"'models\.allcnn_fmnist\.arch': 'mlp' was expected",
         ),
+        (  # the reviewer's case: it passed the schema and failed inside the model job
+            lambda c: c["models"]["sdae_mnist"]["arch_args"].update(activation="relu"),
+            r"'models\.sdae_mnist\.arch_args\.activation': 'sigmoid' was expected",
+        ),
         (
             lambda c: c["experiments"]["actmax"]["erhan"].update(compare="vgg99"),
             r"'experiments\.actmax\.erhan\.compare': 'vgg99' must also be listed",
@@ -301,3 +305,21 @@ def test_actmax_runs_erhan_on_both_models_and_decides_on_the_pretrained_one(tmp_
     claims = [ROOT / "config" / "claims" / "erhan2009.yaml"]
     rows = build_table(claims, {"actmax": tmp_path / "metrics" / "actmax.json"})
     assert [r["verdict"] in ("pass", "fail") for r in rows] == [True]
+
+
+def test_a_run_interrupted_inside_a_layer_resumes_to_the_same_weights(tmp_path, full_run):
+    """Stopped one epoch into layer 2 (its decoder bias and optimiser state mid-way): the
+    resumed run ends where the uninterrupted one does."""
+    model, _, metrics, _ = full_run
+    partial = tmp_path / "partial.pt"
+    stopped = pretrain_denoising_autoencoders(
+        "mlp", {"hidden": HIDDEN}, *data(), **ARGS, progress=False, resume_path=partial,
+        stop_after_epoch=ARGS["epochs"] + 1,
+    )  # fmt: skip
+    assert stopped is None
+    resumed, _, m_res = pretrain_denoising_autoencoders(
+        "mlp", {"hidden": HIDDEN}, *data(), **ARGS, progress=False, resume_path=partial
+    )
+    for k, v in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[k], v), k
+    assert m_res["history"] == metrics["history"]

@@ -33,14 +33,31 @@ OPS = {
 }
 
 
+#: Keys of a claim file, and of each of its claims: `departures` (the file) and `notes` (a
+#: claim) say where we still depart from the authors and why, for readers of the file.
+FILE_KEYS = {"paper", "citation", "claims", "departures"}
+CLAIM_KEYS = {"id", "experiment", "claim", "metric", "paper", "source", "pass_if", "notes"}
+
+
 def load_claims(paths: list[str | Path]) -> list[dict]:
+    """Every claim of the claim files; a missing or unknown key (a misspelt `pass_if` would
+    make a claim silently qualitative) is an error naming the file."""
     claims = []
     for path in sorted(map(Path, paths)):
         doc = yaml.safe_load(path.read_text())
+        unknown = set(doc) - FILE_KEYS
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(FILE_KEYS)}")
         for c in doc["claims"]:
             missing = {"id", "experiment", "claim", "metric", "paper", "source"} - set(c)
             if missing:
                 raise ValueError(f"{path}: claim {c.get('id')} lacks {sorted(missing)}")
+            unknown = set(c) - CLAIM_KEYS
+            if unknown:
+                raise ValueError(
+                    f"{path}: claim {c['id']} has unknown keys {sorted(unknown)}; known: "
+                    f"{sorted(CLAIM_KEYS)}"
+                )
             if "pass_if" in c and (len(c["pass_if"]) != 1 or next(iter(c["pass_if"])) not in OPS):
                 raise ValueError(f"{path}: claim {c['id']}: pass_if takes one of {sorted(OPS)}")
             claims.append({**c, "paper_key": doc["paper"], "citation": doc["citation"]})

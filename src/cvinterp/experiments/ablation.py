@@ -111,7 +111,10 @@ def ablate_layer(
     sel = ab.selectivity(engine.class_means()[seen])
     overall, max_drop = overall.cpu().numpy(), max_drop.cpu().numpy()
     class_ids = torch.nonzero(seen).flatten().cpu().numpy()
-    l1 = ab.weight_l1(m.model, path)
+    try:
+        l1, no_l1 = ab.weight_l1(m.model, path), None
+    except ab.AblationError as err:  # e.g. a residual block's sum: no filter per unit
+        l1, no_l1 = np.full(units, np.nan), str(err)
     if len(l1) != units:
         raise ab.AblationError(f"{m.name} {path}: {units} units but {len(l1)} filters found")
     corr = engine.class_correlations().cpu()[:, class_ids].max(1).values.numpy()
@@ -135,7 +138,8 @@ def ablate_layer(
         "max_class_drop": max_drop.tolist(),
         "max_class": [int(class_ids[i]) for i in worst.cpu().numpy()],
         "selectivity": sel.tolist(),
-        "l1_norm": l1.tolist(),
+        "l1_norm": None if no_l1 else l1.tolist(),
+        **({"l1_norm_unavailable": no_l1} if no_l1 else {}),
         "class_correlation": corr.tolist(),
         "summary": {
             "images": n,

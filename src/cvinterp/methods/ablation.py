@@ -257,8 +257,13 @@ class Ablation:
             n += len(a)
         sa, sp, saa, spp, sap = sums
         cov = sap - sa[:, None] * sp[None] / n
-        var = (saa - sa * sa / n).clamp(min=0)[:, None] * (spp - sp * sp / n).clamp(min=0)[None]
-        return torch.where(var > 0, cov / var.clamp(min=1e-300).sqrt(), torch.zeros_like(cov))
+        sd_a = (saa - sa * sa / n).clamp(min=0).sqrt()[:, None]
+        sd_p = (spp - sp * sp / n).clamp(min=0).sqrt()[None]
+        # the two spreads multiplied after their square roots: their product cannot underflow
+        # while both are positive
+        ok = (sd_a > 0) & (sd_p > 0)
+        den = torch.where(ok, sd_a * sd_p, torch.ones_like(cov))
+        return torch.where(ok, cov / den, torch.zeros_like(cov))
 
     def class_totals(self) -> torch.Tensor:
         totals = torch.zeros(self.classes, dtype=torch.int64, device=self.device)

@@ -273,7 +273,7 @@ class Visualisation:
     images: torch.Tensor  # (N, C, H, W) RGB in [0, 1], for display
     target: torch.Tensor  # (N,) the class or unit each image maximises
     start: torch.Tensor  # (N,) the objective at the start
-    final: torch.Tensor  # (N,) the objective at the end
+    final: torch.Tensor  # (N,) the objective of `images` (yosinski: the best image seen)
     inputs: torch.Tensor  # (N, C, H, W) the optimised images as the network takes them
     settings: dict  # the method and its settings
 

@@ -183,6 +183,8 @@ def perturb(
                 raise ValueError(
                     f"the donor text has {len(donor)} tokens: too few to replace {far}"
                 )
+            # any run of the donor (the authors draw the start in [0, len - L) and take
+            # L - b tokens: the same text up to the last L - b starts)
             start = torch.randint(0, len(donor) - far + 1, (n,), generator=generator)
             out[:, :far] = donor.to(dev)[start.to(dev)[:, None] + col]
             return out, None
