@@ -95,3 +95,49 @@ def test_a_checkpoint_of_another_vocabulary_is_refused(tmp_path, monkeypatch):
     settings["sizes"] = [1, 2000]  # more history than the 400-token test split has
     with pytest.raises(DataError, match="too few for targets with 2000 tokens of history"):
         context_of_model("lm", str(path), {"corpus": "prose"}, **settings)
+
+
+def test_ptb_is_analysed_with_the_authors_tag_files(tmp_path):
+    """The paper profile's corpora: word classes from Khandelwal et al.'s tag files (one line of
+    tags per line of text), named in the metrics; replacement text from the training split."""
+    from pathlib import Path
+
+    from cvinterp.data import load_corpus
+
+    sample = (Path(__file__).parent / "fixtures" / "ptb_sample.txt").read_text()
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"ptb.{split}.txt").write_text(sample)
+    corpus = load_corpus("ptb", folder=tmp_path, vocab_size=None)
+    # a determiner for "the" / "a", a noun for every other word: 2 classes, known counts
+    tags = [
+        " ".join("DT" if w in ("the", "a") else "NN" for w in line.split())
+        for line in sample.splitlines()
+    ]
+    (tmp_path / "ptb.pos.valid.txt").write_text("\n".join(tags) + "\n")
+    torch.manual_seed(0)
+    path = tmp_path / "lm.pt"
+    save_lm(path, AWDLSTM(len(corpus.vocab), emb=4, hidden=8, layers=1), corpus.vocab, {})
+    r = context_of_model(
+        "lm", str(path), {"corpus": "ptb", "vocab_size": None}, corpus_dir=str(tmp_path),
+        austen_dir=None, tags_dir=str(tmp_path), split="valid", targets=20, sizes=[1, 2],
+        boundaries=[1], perturb_context=6, span=2,
+        perturbations=["drop_function", "drop_content", "replace"], frequent_count=3,
+        rare_count=2, tolerance=0.01, batch_size=8, seed=0, dev=torch.device("cpu"),
+    )  # fmt: skip
+    words = sample.split()
+    function = sum(w in ("the", "a") for w in words)
+    assert r["tags"]["source"].startswith("Khandelwal et al.'s tag files")
+    assert r["tags"]["function_tokens"] == function
+    assert r["tags"]["content_tokens"] == len(words) - function
+    assert r["split"] == "valid" and set(r["perturbation"]["increase"]) == {
+        "drop_function", "drop_content", "replace",
+    }  # fmt: skip
+    (tmp_path / "ptb.pos.valid.txt").unlink()
+    with pytest.raises(DataError, match="Khandelwal et al.'s own files"):
+        context_of_model(
+            "lm", str(path), {"corpus": "ptb", "vocab_size": None}, corpus_dir=str(tmp_path),
+            austen_dir=None, tags_dir=str(tmp_path), split="valid", targets=20, sizes=[1, 2],
+            boundaries=[1], perturb_context=6, span=2, perturbations=["replace"],
+            frequent_count=3, rare_count=2, tolerance=0.01, batch_size=8, seed=0,
+            dev=torch.device("cpu"),
+        )  # fmt: skip

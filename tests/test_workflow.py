@@ -287,6 +287,10 @@ def test_paper_profile_plans_without_touching_the_network(tmp_path):
     assert "downloads/broden1_224.zip" in plan  # AlexNet and VGG16 take 224-px images
     for name in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt", "wikitext-2-v1.zip"):
         assert f"downloads/{name}" in plan
+    # Khandelwal et al.'s tags of the validation split lm_context analyses, not the test split's
+    for name in ("ptb.pos.valid.txt", "wikitext-2.pos.valid.txt"):
+        assert f"downloads/{name}" in plan
+    assert "pos.test.txt" not in plan
     assert "models/awd_lstm_ptb.pt" in plan and "models/awd_lstm_wt2.pt" in plan
     assert not (wd / "results").exists() and not (wd / "resources").exists()
 
