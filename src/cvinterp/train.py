@@ -82,6 +82,15 @@ def read_state(path: Path) -> dict | None:
     return saved if isinstance(saved, dict) else None
 
 
+def write_state(path: Path, payload: dict) -> None:
+    """Save a training state for `read_state`, atomically: written beside the file and moved
+    over it, so an interruption never leaves half a state."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
 def train_classifier(
     arch: str,
     arch_args: dict,
@@ -180,9 +189,8 @@ def train_classifier(
             f"test accuracy {test_metrics['accuracy']:.4f}"
         )
         if resume_path:
-            resume_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = resume_path.with_name(resume_path.name + ".tmp")
-            torch.save(
+            write_state(
+                resume_path,
                 {
                     "key": key,
                     "epoch": epoch + 1,
@@ -192,9 +200,7 @@ def train_classifier(
                     "scheduler": sched.state_dict(),
                     "snapshots": {str(k): v for k, v in kept.items()},
                 },
-                tmp,
             )
-            tmp.replace(resume_path)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch < epochs:
             return None
     final = evaluate(model, test, pre, device)
@@ -254,23 +260,17 @@ def _generator(*seeds: int) -> torch.Generator:
 @torch.no_grad()
 def _codes(model: nn.Module, x: torch.Tensor, depth: int, batch_size: int = 1024) -> torch.Tensor:
     """The clean output of the first `depth` hidden layers for the flattened inputs x (N, D)."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        h = x[i : i + batch_size]
-        for k in range(1, depth + 1):
-            h = getattr(model, f"act{k}")(getattr(model, f"fc{k}")(h))
-        out.append(h)
-    return torch.cat(out)
+    return torch.cat([model.hidden_output(b, depth) for b in x.split(batch_size)])
 
 
 @torch.no_grad()
 def _test_loss(
     clean: torch.Tensor, corrupted: torch.Tensor, fc: nn.Linear, c: torch.Tensor
 ) -> float:
+    """The denoising loss over the whole test split, in chunks of 1024 rows."""
     total = sum(
-        float(denoising_loss(clean[i : i + 1024], corrupted[i : i + 1024], fc.weight, fc.bias, c))
-        * len(clean[i : i + 1024])
-        for i in range(0, len(clean), 1024)
+        float(denoising_loss(x, x_noisy, fc.weight, fc.bias, c)) * len(x)
+        for x, x_noisy in zip(clean.split(1024), corrupted.split(1024), strict=True)
     )
     return total / len(clean)
 
@@ -377,9 +377,8 @@ def pretrain_denoising_autoencoders(
             print(f"{desc}: denoising loss {running / len(train):.2f}, test {test_loss:.2f}")
             done += 1
             if resume_path:
-                resume_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = resume_path.with_name(resume_path.name + ".tmp")
-                torch.save(
+                write_state(
+                    resume_path,
                     {
                         "key": key,
                         "done": done,
@@ -388,9 +387,7 @@ def pretrain_denoising_autoencoders(
                         "decoder_bias": c.detach().cpu(),
                         "optimizer": opt.state_dict(),
                     },
-                    tmp,
                 )
-                tmp.replace(resume_path)
             if stop_after_epoch is not None and done >= stop_after_epoch < n_hidden * epochs:
                 return None
     layers = {}

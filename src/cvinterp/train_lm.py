@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from cvinterp.data.prose import Corpus
 from cvinterp.models.awd_lstm import AWDLSTM
-from cvinterp.train import read_state
+from cvinterp.train import read_state, write_state
 
 
 def batchify(ids: np.ndarray, streams: int, device) -> torch.Tensor:
@@ -199,8 +199,6 @@ def train_language_model(
     def save_state() -> None:
         if not resume_path:
             return
-        resume_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = resume_path.with_name(resume_path.name + ".tmp")
         payload = {
             "key": key,
             "epoch": epoch,
@@ -219,8 +217,7 @@ def train_language_model(
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
         }
-        torch.save(payload, tmp)
-        tmp.replace(resume_path)
+        write_state(resume_path, payload)
 
     steps_here, t0, last_save = 0, time.perf_counter(), time.perf_counter()
     tokens_here = 0

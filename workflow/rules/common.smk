@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cvinterp.data.fetch import DOWNLOADS
 from cvinterp.data.images import FASHION_FILES
+from cvinterp.data.pos import TAG_FILES
 from cvinterp.experiments import declaration
 from cvinterp.models import torchvision_weights_name, zoo
 from cvinterp.config import (
@@ -192,10 +193,9 @@ def lm_tag_inputs(lm, split):
     """Khandelwal et al.'s part-of-speech tag file of a PTB / WikiText-2 model's `split` (none
     for the prose corpus: it is tagged when read)."""
     corpus = config["language_models"][lm]["corpus"]
-    if corpus == "prose":
+    if corpus not in TAG_FILES:
         return []
-    name = "ptb" if corpus == "ptb" else "wikitext-2"
-    return [f"{RESOURCES}/downloads/{name}.pos.{split}.txt"]
+    return [f"{RESOURCES}/downloads/{TAG_FILES[corpus][0].format(split)}"]
 
 
 def lm_spec(wildcards):

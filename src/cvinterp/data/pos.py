@@ -106,11 +106,19 @@ def read_tag_file(path: str | Path, skip_empty: bool) -> list[str]:
     return read_lm_text(path, skip_empty=skip_empty)
 
 
-#: The authors' tag files of each corpus and split, as `cvinterp.data.fetch.DOWNLOADS` names them.
+#: The authors' tag files of each corpus: (the name `cvinterp.data.fetch.DOWNLOADS` gives a
+#: split's file, the folder of their repository it comes from).
 TAG_FILES = {
-    "ptb": "ptb.pos.{}.txt",
-    "wikitext2": "wikitext-2.pos.{}.txt",
+    "ptb": ("ptb.pos.{}.txt", "penn_pos_only"),
+    "wikitext2": ("wikitext-2.pos.{}.txt", "wikitext-2_pos_only"),
 }
+
+
+def tag_source(corpus_name: str) -> str:
+    """Where `split_tags` takes a corpus's tags from, in words (for metrics and captions)."""
+    if corpus_name in TAG_FILES:
+        return f"Khandelwal et al.'s tag files (data/{TAG_FILES[corpus_name][1]})"
+    return TAGGER
 
 
 def split_tags(corpus, corpus_name: str, split: str, tags_dir: str | Path | None) -> list[str]:
@@ -119,7 +127,7 @@ def split_tags(corpus, corpus_name: str, split: str, tags_dir: str | Path | None
     ids = getattr(corpus, split)
     if corpus_name not in TAG_FILES:
         return tag_tokens(corpus.decode(ids))
-    path = Path(tags_dir or ".") / TAG_FILES[corpus_name].format(split)
+    path = Path(tags_dir or ".") / TAG_FILES[corpus_name][0].format(split)
     if not path.is_file():
         raise DataError(
             f"{path} is missing: the part-of-speech tags of {corpus_name}'s {split} split "

@@ -111,13 +111,7 @@ def ablate_layer(
     sel = ab.selectivity(engine.class_means()[seen])
     overall, max_drop = overall.cpu().numpy(), max_drop.cpu().numpy()
     class_ids = torch.nonzero(seen).flatten().cpu().numpy()
-    try:
-        l1, no_l1 = ab.weight_l1(m.model, path), None
-    except ab.AblationError as err:  # e.g. a residual block's sum: no filter per unit
-        l1, no_l1 = np.full(units, np.nan), str(err)
-    if len(l1) != units:
-        raise ab.AblationError(f"{m.name} {path}: {units} units but {len(l1)} filters found")
-    corr = engine.class_correlations().cpu()[:, class_ids].max(1).values.numpy()
+    l1, corr, no_l1 = ab.unit_predictors(engine, m.model, path, torch.as_tensor(class_ids))
     predictors = {"selectivity": sel, "l1_norm": l1, "class_correlation": corr}
 
     # cumulative ablation: most important first, against random orders

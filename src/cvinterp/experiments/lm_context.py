@@ -26,11 +26,6 @@ from cvinterp.models.awd_lstm import load_lm
 
 #: Target groups with their own curves.
 GROUPS = ("frequent", "rare", "function", "content")
-#: Where each corpus's part-of-speech tags come from (others: `cvinterp.data.pos.TAGGER`).
-TAG_SOURCES = {
-    "ptb": "Khandelwal et al.'s tag files (data/penn_pos_only)",
-    "wikitext2": "Khandelwal et al.'s tag files (data/wikitext-2_pos_only)",
-}
 
 
 def _check(settings: dict) -> None:
@@ -171,7 +166,7 @@ def context_of_model(
         "targets": len(pos_np),
         "history_per_target": history,
         "tags": {
-            "source": TAG_SOURCES.get(spec["corpus"], postags.TAGGER),
+            "source": postags.tag_source(spec["corpus"]),
             "function_tokens": int(function.sum()),
             "content_tokens": int(content.sum()),
             "other_tokens": int(len(tags) - function.sum() - content.sum()),

@@ -302,12 +302,13 @@ _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def _passes_channels(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """An elementwise op that keeps each channel where it is: ReLU, identity, dropout."""
+    """An elementwise op that keeps each channel where it is, in any mode: what `_transparent`
+    passes, identities, and dropout in training mode too."""
+    if _transparent(node, modules):
+        return True
     if node.op == "call_module":
-        return isinstance(modules[node.target], nn.ReLU | nn.Identity | nn.Dropout)
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS or node.target is F.dropout
-    return node.op == "call_method" and node.target in ("relu", "relu_")
+        return isinstance(modules[node.target], nn.Identity | nn.Dropout)
+    return node.op == "call_function" and node.target is F.dropout
 
 
 def _describe(node: fx.Node, modules: dict[str, nn.Module], path: str) -> str:
@@ -371,6 +372,24 @@ def weight_l1(model: nn.Module, path: str) -> np.ndarray:
     return torch.cat(norms).numpy()
 
 
+def unit_predictors(
+    engine: Ablation, model: nn.Module, path: str, classes: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(l1_norm, class_correlation, why there is no L1 norm or None) of every unit of the
+    engine's layer (module `path` of `model`): Zhou et al.'s predictors beside selectivity.
+    L1 norms are NaN when the layer's units have no filter of their own (a residual block's
+    sum); class correlations are the largest over `classes` (indices, e.g. those with images).
+    """
+    try:
+        l1, missing = weight_l1(model, path), None
+    except AblationError as err:
+        l1, missing = np.full(engine.units, np.nan), str(err)
+    if len(l1) != engine.units:
+        raise AblationError(f"{path!r} has {engine.units} units but {len(l1)} filters")
+    corr = engine.class_correlations().cpu()[:, classes].max(1).values.numpy()
+    return l1, corr, missing
+
+
 @dataclass
 class UnitAblation:
     """Accuracy with each of the chosen units of a layer zeroed in turn."""
@@ -427,14 +446,8 @@ def ablate(
     totals = engine.class_totals().double().cpu()
     per_class = (correct / totals).where(totals > 0, torch.nan)
     overall = correct.sum(1) / totals.sum()
-    try:
-        l1 = weight_l1(model, layer)
-    except AblationError:
-        l1 = np.full(engine.units, np.nan)
-    if len(l1) != engine.units:
-        raise AblationError(f"{layer!r} has {engine.units} units but {len(l1)} filters")
     seen = torch.nonzero(totals > 0).flatten()
-    corr = engine.class_correlations().cpu()[:, seen].max(1).values.numpy()
+    l1, corr, _ = unit_predictors(engine, model, layer, seen)
     return UnitAblation(
         units=np.array(chosen, dtype=np.int64),
         accuracy=overall[1:].numpy(),

@@ -82,30 +82,23 @@ def make_model(
     }
     classes: list[str]
     snapshots: dict = {}
-    if weights == "train" and spec.get("pretrain"):  # without labels: `train` is not read
+    if weights == "train":
+        from cvinterp.train import pretrain_denoising_autoencoders, train_classifier
+
         kwargs = dataset_kwargs(spec["dataset"], datasets, fashion_dir, cifar_dir, seed)
         train = load_images(spec["dataset"], "train", **kwargs)
         test = load_images(spec["dataset"], "test", **kwargs)
-        pargs = {k: v for k, v in spec["pretrain"].items() if k != "kind"}
-        from cvinterp.train import pretrain_denoising_autoencoders
-
-        model, pre, train_metrics = pretrain_denoising_autoencoders(
-            arch, arch_args, train, test, **pargs, seed=seed, device=dev, resume_path=partial
-        )
-        result.update(dataset=spec["dataset"], **train_metrics)
-        classes, in_channels = train.classes, train.images.shape[-1]
-    elif weights == "train":
-        kwargs = dataset_kwargs(spec["dataset"], datasets, fashion_dir, cifar_dir, seed)
-        train = load_images(spec["dataset"], "train", **kwargs).head(
-            spec["train"]["max_train_images"]
-        )
-        test = load_images(spec["dataset"], "test", **kwargs)
-        targs = {k: v for k, v in spec["train"].items() if k != "max_train_images"}
-        from cvinterp.train import train_classifier
-
-        model, pre, train_metrics, snapshots = train_classifier(
-            arch, arch_args, train, test, **targs, seed=seed, device=dev, resume_path=partial
-        )
+        if spec.get("pretrain"):  # without labels: `train` is not read
+            pargs = {k: v for k, v in spec["pretrain"].items() if k != "kind"}
+            model, pre, train_metrics = pretrain_denoising_autoencoders(
+                arch, arch_args, train, test, **pargs, seed=seed, device=dev, resume_path=partial
+            )
+        else:
+            train = train.head(spec["train"]["max_train_images"])
+            targs = {k: v for k, v in spec["train"].items() if k != "max_train_images"}
+            model, pre, train_metrics, snapshots = train_classifier(
+                arch, arch_args, train, test, **targs, seed=seed, device=dev, resume_path=partial
+            )
         result.update(dataset=spec["dataset"], **train_metrics)
         classes, in_channels = train.classes, train.images.shape[-1]
     else:

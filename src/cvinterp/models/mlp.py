@@ -31,8 +31,12 @@ class MLP(nn.Module):
             c = h
         setattr(self, f"fc{len(hidden) + 1}", nn.Linear(c, num_classes))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden_output(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        """The output of the first `depth` hidden layers (0: the flattened input)."""
         x = self.flatten(x)
-        for i in range(1, self.hidden + 1):
+        for i in range(1, depth + 1):
             x = getattr(self, f"act{i}")(getattr(self, f"fc{i}")(x))
-        return getattr(self, f"fc{self.hidden + 1}")(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, f"fc{self.hidden + 1}")(self.hidden_output(x, self.hidden))
