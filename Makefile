@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: setup run report test lint clean-venv
+.PHONY: setup run report docs test lint clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ run: setup
 
 report: setup
 	$(BIN)/snakemake --report report.html
+
+# The README's comparison table and figures from a finished run: make docs RESULTS=results/<version>
+docs: setup
+	@test -n "$(RESULTS)" || (echo "usage: make docs RESULTS=results/<version>" && exit 2)
+	$(BIN)/python -m cvinterp.showcase $(RESULTS)
 
 lint: setup
 	$(BIN)/ruff check src tests workflow/scripts benchmarks

@@ -89,3 +89,17 @@ def smoke(tmp_path_factory, fashion_dir):
     assert res.returncode == 0, res.stderr[-3000:]
     (version,) = [p for p in (wd / "results").iterdir()]
     return wd, version, shared
+
+
+def claim_verdict(claim_id: str, entry: dict, experiment: str | None = None) -> str:
+    """The verdict compare.tsv gives the repository's claim `claim_id` for a metrics entry, by
+    the claim's own rule in config/claims (for tests that pin a claim builder's verdicts)."""
+    from cvinterp.compare import decide, load_claims
+
+    claims = load_claims(sorted((ROOT / "config" / "claims").glob("*.yaml")))
+    (claim,) = [
+        c
+        for c in claims
+        if c["id"] == claim_id and (experiment is None or c["experiment"] == experiment)
+    ]
+    return decide(claim, entry)["verdict"]

@@ -16,6 +16,7 @@ from cvinterp.methods.context import (
     perturb,
     restricted_loss,
     sample_targets,
+    settled,
     windows,
 )
 from cvinterp.models.awd_lstm import AWDLSTM
@@ -398,3 +399,11 @@ def test_replace_draws_a_run_of_the_donor_text(setting, boundary):
     assert len(set(starts.tolist())) > 1
     with pytest.raises(ValueError, match="too few to replace"):
         perturb("replace", index, stream, 1, generator=torch.Generator(), donor=donor[: L - 2])
+
+
+def test_settled_takes_one_curve_per_column_and_one_tolerance_in_nats():
+    sizes = [1, 10, 100]
+    curves = np.array([[0.5, 0.5, 0.5, 0.0], [0.03, 0.05, 0.5, 0.0], [0.0, 0.0, 0.5, 0.0]])
+    assert settled(sizes, curves, 0.04).tolist() == [10, 100, np.inf, 1]
+    # a tolerance per column (each resample's own), and a drop counts as much as a rise
+    assert settled(sizes, -curves, [0.04, 0.06, 0.6, 0.04]).tolist() == [10, 10, 1, 1]

@@ -389,61 +389,244 @@ def test_iou_by_label_refuses_activations_of_the_wrong_shape(broden_root):
 
 
 # --------------------------------------------------------------------------- headline claims
+# Constructed results (per-unit detections, as `compute` keeps them) on which each claim must
+# pass, fail and be inconclusive under its rule in config/claims/bau2017.yaml.
+
+CATS = ["color", "texture", "material", "part", "object", "scene"]
 
 
-def _claim_verdicts(models: dict, layers: dict) -> dict[str, str]:
-    """The verdicts of the dissection's headline claims under config/claims/bau2017.yaml."""
-    from cvinterp.compare import load_claims, verdict
-    from cvinterp.experiments import dissection as experiment
+def _units(units: int, **by_category: int) -> np.ndarray:
+    """(units, K) detections: per category, that many units each detecting a concept of its
+    own (concept ids distinct across categories); the other units detect nothing."""
+    a = np.full((units, len(CATS)), -1)
+    row = 0
+    for cat, n in by_category.items():
+        j = CATS.index(cat)
+        a[row : row + n, j] = 1000 * j + np.arange(n)
+        row += n
+    return a
+
+
+def _result(nets: dict, probe: str = "standin", same_units: dict | None = None):
+    """A fake dissection result: per model, `layers` {layer: detections} (the last the
+    deepest), and optionally `random` [detections], `rotated` (alpha 1), `init` (step 0) and
+    `released` {layer: released count}."""
     from cvinterp.experiments.common import Computed
 
-    claims = experiment.claims(Computed({"models": models, "probe": "standin"}, {"layers": layers}))
-    rules = {c["id"]: c for c in load_claims([RELEASED.parent / "claims" / "bau2017.yaml"])}
-    ids = ("trained_more_detectors", "rotation_destroys_detectors", "detectors_rise_with_training")
-    return {i: verdict(rules[i], claims[i])[1] for i in ids}
+    metrics = {"probe": probe, "models": {}}
+    data = {"layers": {}, "detected": {}, "seed": 0, "same_units": same_units or {}}
+    for name, net in nets.items():
+        layers = list(net["layers"])
+        deepest = layers[-1]
+        det = {"categories": CATS, "trained": net["layers"], "alpha": {}, "step": {}}
+        det["random"] = {str(i): a for i, a in enumerate(net.get("random", []))}
+        out = {"layers": {la: {} for la in layers}}
+        if "rotated" in net:
+            det["alpha"] = {"0": net["layers"][deepest], "1": net["rotated"]}
+            out["rotations"] = {"layer": deepest}
+        if "init" in net:
+            det["step"] = {"0": net["init"]}
+            out["snapshots"] = {"layer": deepest, "end_step": 1000}
+        for la, count in net.get("released", {}).items():
+            out["layers"][la]["released"] = {
+                "network": "released net",
+                "per_category_unique": {"ours": None, "released": count},
+            }
+        metrics["models"][name] = out
+        data["layers"][name] = layers
+        data["detected"][name] = det
+    return Computed(metrics, data)
 
 
-def _counts(unique: int) -> dict:
-    return {"per_category": unique, "top_label": unique, "units": unique}
+def _verdicts(result, *ids: str) -> dict[str, str]:
+    from cvinterp.experiments import dissection as experiment
+    from tests.conftest import claim_verdict
+
+    claims = experiment.claims(result)
+    return {i: claim_verdict(i, claims[i], "dissection") for i in ids}
 
 
-def _model(trained: int, randoms: list[int], rotated: int, steps: dict[int, int]) -> dict:
-    by_rule = {"unique": trained, "units": trained, "by_category": {"object": trained}}
+def _net(trained: int, randoms: list[int], units: int = 256) -> dict:
     return {
-        "layers": {"conv5": {"trained": {"per_category": by_rule, "top_label": by_rule}}},
-        "random_seeds": {
-            "layer": "conv5",
-            "seed": {str(i): _counts(r) for i, r in enumerate(randoms)},
-        },
-        "rotations": {"layer": "conv5", "alpha": {"0": _counts(trained), "1": _counts(rotated)}},
-        "snapshots": {
-            "layer": "conv5",
-            "step": {str(k): _counts(v) for k, v in steps.items()},
-            "end": _counts(trained),
-            "end_step": 1000,
-        },
+        "layers": {"conv5": _units(units, object=trained)},
+        "random": [_units(units, texture=r) for r in randoms],
+        "init": _units(units, texture=randoms[0]),
     }
 
 
-def test_headline_claims_do_not_pass_on_noise():
-    """8 trained vs 7 random passed the old `trained - random > 0` rule: against the most of
-    several random initialisations it fails, and so do 3 detectors against none (a handful is
-    noise), a rotation that keeps the count and a training run that ends where it began; a
-    rotation of a layer with a handful of detectors is not judged. The paper's own numbers pass
-    (61 vs 2; 80% fewer; rising)."""
-    layers = {"net": ["conv5"]}
-    noise = _claim_verdicts({"net": _model(8, [7, 5, 6], 7, {0: 7, 10: 8})}, layers)
-    assert noise == {
-        "trained_more_detectors": "fail",
-        "rotation_destroys_detectors": "n/a",  # 8 unrotated detectors: too few
-        "detectors_rise_with_training": "fail",
-    }
-    few = _claim_verdicts({"net": _model(3, [0, 1, 0], 12, {0: 0, 10: 2})}, layers)
-    assert few["trained_more_detectors"] == few["detectors_rise_with_training"] == "fail"
-    kept = _claim_verdicts({"net": _model(12, [2, 1, 2], 12, {0: 2})}, layers)
-    assert kept["rotation_destroys_detectors"] == "fail"
-    paper = _claim_verdicts({"net": _model(61, [2, 1, 2], 12, {0: 2, 10: 20})}, layers)
-    assert set(paper.values()) == {"pass"}
+def test_per_unit_detections_count_as_the_per_category_rule():
+    from cvinterp.experiments import dissection as experiment
+
+    concepts = _concepts(["a", "b", "c"], [0, 0, 1, 1, 1, 2, 2])
+    iou = np.random.default_rng(0).uniform(0, 0.1, (40, 7))
+    labels = nd.label_units(iou, concepts)
+    counts = nd.count_detectors(labels, concepts, 0.04)["per_category"]["by_category"]
+    det = experiment._detected(labels, 0.04)
+    by_cat = experiment._category_counts(det, np.ones((1, 40)))[0]
+    assert dict(zip(concepts.categories, by_cat.tolist(), strict=True)) == counts
+
+
+def test_unit_bootstrap_is_centred_on_the_count_and_seeded():
+    from cvinterp.experiments import dissection as experiment
+
+    count, resampled = experiment._unique(_units(256, object=61), 0, "x")
+    assert count == 61 and resampled.mean() < 45  # repeated units lose distinct concepts
+    lo, hi = experiment._interval(count, resampled)
+    assert 50 < lo < 61 < hi < 72  # the spread, centred on the observed count
+    assert np.array_equal(resampled, experiment._unique(_units(256, object=61), 0, "x")[1])
+    assert experiment._interval(0, experiment._unique(_units(8), 0, "y")[1]) == (0.0, 0.0)
+
+
+def test_trained_more_detectors_needs_twice_the_random_copies_reach():
+    """8 trained vs 7 random passed the old `gt 0`-like rule: against the random copies'
+    intervals it fails. The paper's 61 vs 2 passes; 10 vs about 1 straddles twice the floor."""
+    ids = ("trained_more_detectors", "detectors_rise_with_training")
+    assert set(_verdicts(_result({"net": _net(61, [2, 1, 2])}), *ids).values()) == {"pass"}
+    assert set(_verdicts(_result({"net": _net(8, [7, 5, 6])}), *ids).values()) == {"fail"}
+    assert set(_verdicts(_result({"net": _net(3, [0, 1, 0])}), *ids).values()) == {"fail"}
+    middle = _verdicts(_result({"net": _net(10, [1, 1, 1])}), *ids)
+    assert set(middle.values()) == {"inconclusive"}
     # the weakest model decides
-    both = {"a": _model(61, [2, 1, 2], 12, {0: 2, 10: 20}), "b": _model(12, [7, 5, 6], 12, {0: 7})}
-    assert set(_claim_verdicts(both, {"a": ["conv5"], "b": ["conv5"]}).values()) == {"fail"}
+    both = _result({"a": _net(61, [2, 1, 2]), "b": _net(8, [7, 5, 6])})
+    assert set(_verdicts(both, *ids).values()) == {"fail"}
+    from cvinterp.experiments import dissection as experiment
+
+    entry = experiment.claims(both)["trained_more_detectors"]
+    a = entry["parts"]["a"]
+    assert a["interval"][0] < a["value"] < a["interval"][1] and a["null_interval"][1] <= 1
+    assert "3 random initialisations" in entry["conditions"]
+
+
+def test_rotation_claim_against_the_resampling_null():
+    def net(unrotated, rotated):
+        return {
+            "layers": {"conv5": _units(128, object=unrotated)},
+            "rotated": _units(128, object=rotated),
+        }
+
+    def verdict(nets):
+        return _verdicts(_result(nets), "rotation_destroys_detectors")[
+            "rotation_destroys_detectors"
+        ]
+
+    assert verdict({"n": net(40, 4)}) == "pass"
+    assert verdict({"n": net(40, 40)}) == "fail"
+    assert verdict({"n": net(40, 20)}) == "inconclusive"
+    assert verdict({"n": net(40, 4), "m": net(40, 40)}) == "fail"  # the weakest model
+    # a handful of unrotated detectors is left out, and named
+    from cvinterp.experiments import dissection as experiment
+
+    entry = experiment.claims(_result({"n": net(40, 4), "few": net(8, 1)}))
+    assert "few" in entry["rotation_destroys_detectors"]["left_out"]
+    assert verdict({"few": net(8, 1)}) == "n/a"
+
+
+def _depth_net(low: dict, high: dict, units: int = 128) -> dict:
+    return {"layers": {"conv1": _units(units, **low), "conv5": _units(units, **high)}}
+
+
+def test_high_level_share_rises_with_depth_against_permuted_units():
+    def verdict(nets):
+        return _verdicts(_result(nets), "high_level_rises_with_depth")[
+            "high_level_rises_with_depth"
+        ]
+
+    rising = _depth_net({"color": 30, "object": 2}, {"color": 2, "object": 30})
+    falling = _depth_net({"color": 2, "object": 30}, {"color": 30, "object": 2})
+    flat = _depth_net({"color": 10, "object": 5}, {"color": 9, "object": 6})
+    assert verdict({"n": rising}) == "pass"
+    assert verdict({"n": falling}) == "fail"
+    assert verdict({"n": flat}) == "inconclusive"
+    assert verdict({"n": rising, "m": flat}) == "inconclusive"  # the weakest model
+
+
+def test_a_layer_without_detectors_is_left_out_and_named_not_dropped():
+    """The old claim dropped such a model silently; now it is named with the reason (and a
+    model with one dissected layer too), and the other models decide."""
+    from cvinterp.experiments import dissection as experiment
+
+    rising = _depth_net({"color": 30, "object": 2}, {"color": 2, "object": 30})
+    empty = _depth_net({"color": 30}, {})
+    one = {"layers": {"fire9": _units(64, object=10)}}
+    result = _result({"n": rising, "empty": empty, "one": one})
+    entry = experiment.claims(result)["high_level_rises_with_depth"]
+    assert set(entry["parts"]) == {"n"}
+    assert "conv5 has no unique detector" in entry["left_out"]["empty"]
+    assert "one dissected layer" in entry["left_out"]["one"]
+    assert _verdicts(result, "high_level_rises_with_depth") == {
+        "high_level_rises_with_depth": "pass"
+    }
+    alone = experiment.claims(_result({"empty": empty}))["high_level_rises_with_depth"]
+    assert "no unique detector" in alone["na"]
+
+
+def test_released_unique_detectors_band_and_weakest_layer():
+    def verdict(*ours):
+        layers = {f"l{i}": _units(256, object=o) for i, o in enumerate(ours)}
+        net = {"layers": layers, "released": {la: 61 for la in layers}}
+        result = _result({"alexnet": net}, probe="broden")
+        return _verdicts(result, "released_unique_detectors")["released_unique_detectors"]
+
+    assert verdict(60) == "pass"
+    assert verdict(20) == "fail"
+    assert verdict(31) == "inconclusive"
+    assert verdict(60, 20) == "fail"  # the layer furthest from the band decides
+    assert _verdicts(_result({"n": _net(8, [1])}), "released_unique_detectors") == {
+        "released_unique_detectors": "n/a"
+    }
+
+
+def _same_units(agree: int, detectors: int = 97, units: int = 256) -> dict:
+    names = [f"label{i % 40}" for i in range(units)]
+    theirs = {u: names[u] if u < agree else f"other{u % 7}" for u in range(detectors)}
+    return {"alexnet conv5": {"ours": names, "theirs": theirs}}
+
+
+def test_released_unit_labels_where_the_released_units_are_dissected():
+    """Never evaluated before: a constructed dissection of the released net's units (probe
+    Broden, same_weights) passes, fails and is inconclusive by its rule."""
+    from cvinterp.experiments import dissection as experiment
+
+    def verdict(agree):
+        result = _result({"alexnet": _net(61, [2])}, "broden", _same_units(agree))
+        return _verdicts(result, "released_unit_labels")["released_unit_labels"]
+
+    assert verdict(90) == "pass"
+    assert verdict(20) == "fail"
+    assert verdict(48) == "inconclusive"
+    entry = experiment.claims(_result({"alexnet": _net(61, [2])}, "broden", _same_units(90)))
+    est = entry["released_unit_labels"]["parts"]["alexnet conv5"]
+    assert est["value"] == pytest.approx(90 / 97) and est["null"] < 0.1
+    # elsewhere n/a, naming what can measure it
+    for probe in ("standin", "broden"):
+        na = experiment.claims(_result({"n": _net(8, [1])}, probe))["released_unit_labels"]["na"]
+        assert "same_weights" in na and "paper profile" in na
+
+
+def test_the_released_units_are_kept_where_the_released_weights_are_dissected():
+    """`compute` keeps, for a reference with same_weights, our label of every unit and the
+    released label of each of the 97 released CaffeNet conv5 detector units: a dissection that
+    gives every unit its released label passes; without same_weights nothing is kept."""
+    import yaml
+
+    from cvinterp.experiments import dissection as experiment
+
+    doc = yaml.safe_load((RELEASED / "released.yaml").read_text())
+    with open(RELEASED / "caffenet_imagenet_conv5.csv", newline="") as fh:
+        released = {int(r["unit"]): r["label"] for r in csv.DictReader(fh)}
+    names = sorted(set(released.values()))
+    concepts = nd.Concepts(
+        list(range(1, len(names) + 1)), names, ["object"], np.zeros(len(names), np.int64), {}
+    )
+    best = np.array([names.index(released[u + 1]) for u in range(256)])
+    labels = nd.UnitLabels(best, np.ones(256), best[:, None], np.ones((256, 1)))
+    res = nd.LayerDissection(np.zeros(256), np.zeros((256, len(names))), labels, np.zeros((1, 256)))
+    ref = {"trained": "caffenet_imagenet_conv5", "same_weights": True}
+    units = experiment._released_units(res, concepts, ref, doc, RELEASED, 0.04)
+    assert len(units["ours"]) == 256 and len(units["theirs"]) == 97
+    result = _result({"alexnet": _net(61, [2])}, "broden", {"alexnet conv5": units})
+    est = experiment.claims(result)["released_unit_labels"]["parts"]["alexnet conv5"]
+    assert est["value"] == 1.0
+    assert _verdicts(result, "released_unit_labels") == {"released_unit_labels": "pass"}
+    ref["same_weights"] = False
+    assert experiment._released_units(res, concepts, ref, doc, RELEASED, 0.04) is None

@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from cvinterp.methods.filters import (
+    agnostic_median_estimate,
     colour_selectivity,
+    contrast_estimate,
     dichotomy,
+    ends_estimate,
     group_contrast,
     group_stats,
     normalise_each,
@@ -67,3 +70,33 @@ def test_dichotomy_counts_the_ends():
     d = dichotomy(torch.cat([grey, opponent, torch.randn(2, 3, 3, 3)]))
     assert d["fraction_agnostic"] == pytest.approx(0.6) and d["fraction_specific"] >= 0.2
     assert dichotomy(torch.randn(1000, 3, 3, 3))["fraction_at_the_ends"] < 0.1
+
+
+def _towers(n=24, seed=0):
+    """A grey group then a colour group of n kernels each."""
+    torch.manual_seed(seed)
+    grey = torch.randn(n, 1, 5, 5).expand(n, 3, 5, 5) + 0.05 * torch.randn(n, 3, 5, 5)
+    return torch.cat([grey, torch.randn(n, 3, 5, 5)])
+
+
+def test_contrast_is_an_effect_size_with_interval_and_permutation_null():
+    c = contrast_estimate(_towers())
+    lo, hi = c["interval"]
+    assert lo <= c["value"] <= hi and c["value"] > 0.5
+    assert lo > c["null_interval"][1]  # two towers split by training: beyond the permutations
+    torch.manual_seed(3)
+    same = contrast_estimate(torch.randn(48, 3, 5, 5))
+    assert same["value"] <= same["null_interval"][1]  # a chance split is within the null
+    assert contrast_estimate(_towers(), seed=1) != c  # seeded: another seed, other resamples
+    assert contrast_estimate(_towers()) == c
+
+
+def test_agnostic_median_and_ends_against_random_init():
+    torch.manual_seed(1)
+    rand = torch.randn(48, 3, 5, 5)
+    m = agnostic_median_estimate(_towers(), rand)
+    assert m["value"] < 0.05 and m["interval"][1] < m["null_interval"][0]
+    assert 0.55 < m["null"] < 0.75  # random weights: about 2/3
+    e = ends_estimate(_towers(), rand)
+    assert e["value"] == pytest.approx(0.5 + dichotomy(_towers()[24:])["fraction_specific"] / 2)
+    assert e["null"] < 0.15 and e["interval"][0] <= e["value"] <= e["interval"][1]

@@ -4,55 +4,231 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from cvinterp.data import DataError
 from cvinterp.data.prose import corpus_from_tokens
 from cvinterp.experiments.lm_context import context_claims, context_of_model
+from cvinterp.methods import context as khandelwal
 from cvinterp.models import CheckpointError
 from cvinterp.models.awd_lstm import AWDLSTM, save_lm
+from tests.conftest import claim_verdict
 
-SIZES = [1, 10, 100, 1000]
-BOUNDARIES = [1, 20, 200]
+SIZES = [1, 10, 100, 200, 500, 1000]
+BOUNDARIES = [1, 5, 20, 50, 200]
+N = 400  # targets
+EDGE = 0.04  # the tolerance: 1% of a full-context loss of 4 nats
+SETTINGS = dict(
+    sizes=SIZES, boundaries=BOUNDARIES, tolerance=0.01, span=20, targets=N, split="valid",
+    perturb_context=300,
+)  # fmt: skip
 
 
-def result(eff, order, content, function, n=(5, 5)):
+def rows(means, rng, sd=0.05):
+    """Per-target values (len(means), N): each row's mean as given, target-to-target noise."""
+    return np.asarray(means, dtype=float)[:, None] + sd * rng.standard_normal((len(means), N))
+
+
+def fake(curve=(1, 0.5, 0.1, 0, 0, 0), *, seed=0, perturb=None, group_curves=None):
+    """One model's per-target losses: the restriction curve `curve` over SIZES, the mean
+    increase of each perturbation over BOUNDARIES (0 unless given), and two target groups,
+    the first half (content, rare) and the second (function, frequent), with their own curves
+    and full-context losses when `group_curves` = (curve_a, curve_b, full_a, full_b)."""
+    rng = np.random.default_rng(seed)
+    half = np.arange(N) < N // 2
+    full = 4.0 + 0.05 * rng.standard_normal(N)
+    increase = rows(curve, rng)
+    if group_curves:
+        ca, cb, fa, fb = group_curves
+        increase[:, half], increase[:, ~half] = rows(ca, rng)[:, half], rows(cb, rng)[:, ~half]
+        full = np.where(half, fa, fb) + 0.05 * rng.standard_normal(N)
+    zero = [0.0] * len(BOUNDARIES)
+    pert = {k: rows((perturb or {}).get(k, zero), rng) for k in khandelwal.PERTURBATIONS}
+    groups = {"content": half, "rare": half, "function": ~half, "frequent": ~half}
+    return {"full": full, "increase": increase, "perturbation": pert, "groups": groups}
+
+
+def trained(corpus="prose", ppl=108.0):
     return {
-        "effective_context": {"all": eff, "content": content, "function": function},
-        "insensitive_beyond": {"shuffle_global": order},
-        "groups": {"content": {"n": n[0]}, "function": {"n": n[1]}},
-        "perturbation": {"context": 300},
+        "corpus": corpus, "test_perplexity": ppl, "valid_perplexity": ppl + 2, "history": [1],
+        "parameters": 1.2e6, "train_tokens_per_epoch": 800000,
+    }  # fmt: skip
+
+
+def claims_of(**models):
+    """The claims of models given as name=fake(...) (or name=(fake(...), trained(...)))."""
+    losses = {n: m[0] if isinstance(m, tuple) else m for n, m in models.items()}
+    metrics = {n: m[1] if isinstance(m, tuple) else trained() for n, m in models.items()}
+    results = {
+        n: {"corpus": metrics[n]["corpus"], "perturbation": {"context": 300}} for n in models
     }
+    return context_claims(results, losses, SETTINGS, metrics, seed=0)
 
 
-def trained(corpus, ppl):
-    return {"corpus": corpus, "test_perplexity": ppl, "valid_perplexity": ppl + 2, "history": [1]}
+def verdict(claim_id, **models):
+    entry = claims_of(**models)[claim_id]
+    assert entry["conditions"].startswith(next(iter(models)))
+    return claim_verdict(claim_id, entry)
 
 
-def test_claims_take_the_model_farthest_from_the_paper():
-    results = {"a": result(200, 30, 100, 10), "b": result(30, None, None, 20)}
-    models = {"a": trained("ptb", 60.0), "b": trained("wikitext2", 80.0)}
-    claims = context_claims(results, SIZES, BOUNDARIES, models, 0.01)
-    assert claims["effective_context"]["value"] == 30  # b is farther from 200 than a
-    assert "b: 30 tokens" in claims["effective_context"]["ours"]
-    # "never" counts as infinite, and b decides
-    assert claims["order_matters_only_nearby"]["value"] == math.inf
-    assert "more than 1% still at boundary 200" in claims["order_matters_only_nearby"]["ours"]
-    # b's content targets never settle: inf / 20; a: 100 / 10 = 10 -> the smaller decides
-    assert claims["content_needs_more_context"]["value"] == 10
-    assert claims["ptb_test_perplexity"]["value"] == 60.0
-    assert claims["wt2_test_perplexity"]["value"] == 80.0
+@pytest.mark.parametrize(
+    "curve, expected",
+    [
+        ((1, 0.5, 0.1, 0, 0, 0), "pass"),  # settles at 200
+        ((1, 0, 0, 0, 0, 0), "fail"),  # at 10: far below 100
+        ((1, EDGE, 0, 0, 0, 0), "inconclusive"),  # at 10 or 100, by the targets drawn
+        ((1, 1, 1, 1, 1, 0.5), "fail"),  # never within the grid up to 1000 tokens
+    ],
+)
+def test_effective_context_with_its_interval_over_targets(curve, expected):
+    assert verdict("effective_context", lm=fake(curve)) == expected
 
 
-def test_claims_without_the_papers_corpora_or_groups_are_na():
-    results = {"a": result(None, 5, 1, 1, n=(0, 7))}
-    claims = context_claims(results, SIZES, BOUNDARIES, {"a": trained("prose", 100.0)}, 0.01)
-    assert claims["effective_context"]["value"] == math.inf  # fails any between-rule
-    assert "not within 1% up to 1000 tokens" in claims["effective_context"]["ours"]
-    assert "na" in claims["content_needs_more_context"]
-    assert "prose corpus is not comparable" in claims["ptb_test_perplexity"]["na"]
-    assert "na" in claims["wt2_test_perplexity"]
+def test_a_loss_that_never_settles_on_a_short_grid_is_a_lower_bound():
+    entry = context_claims(
+        {"lm": {"corpus": "prose", "perturbation": {"context": 300}}},
+        {"lm": {**fake((1, 1, 1, 1, 1, 1)), "increase": fake((1, 1, 1, 1, 1, 1))["increase"][:3]}},
+        {**SETTINGS, "sizes": SIZES[:3]},
+        {"lm": trained()},
+    )["effective_context"]
+    est = entry["parts"]["lm"]
+    assert (
+        est["value"] == 100 and est["interval"] == [100, math.inf] and "lower bound" in est["note"]
+    )
+    assert "not within 1% up to 100 tokens" in entry["ours"]
+    # more than 100 tokens: it may be 200, or 2000
+    assert claim_verdict("effective_context", entry) == "inconclusive"
+
+
+def test_the_weakest_model_decides():
+    assert verdict("effective_context", a=fake(), b=fake((1, 0, 0, 0, 0, 0))) == "fail"
+    assert verdict("effective_context", a=fake(), b=fake(seed=1)) == "pass"
+
+
+@pytest.mark.parametrize(
+    "means, expected",
+    [
+        ([0.5, 0.3, 0.1, 0, 0], "pass"),  # settles at boundary 50
+        ([0.5, 0, 0, 0, 0], "fail"),  # at 5: order ignored almost at once
+        ([0.5, EDGE, 0, 0, 0], "inconclusive"),  # at 5 or 20
+    ],
+)
+def test_order_matters_only_nearby(means, expected):
+    assert (
+        verdict("order_matters_only_nearby", lm=fake(perturb={"shuffle_global": means})) == expected
+    )
+
+
+CONTENT_SLOW = (1, 0.07, 0.07, 0, 0, 0)  # within 1% of its own 8 nats from 10 on; of 6, at 200
+FUNCTION_FAST = (1, 0.03, 0, 0, 0, 0)  # within 0.04 or 0.06 nats from 10 on
+
+
+@pytest.mark.parametrize("claim", ["content_needs_more_context", "rare_needs_more_context"])
+def test_one_tolerance_for_both_groups(claim):
+    """The issue's defect: 1% of each group's own loss gave the group of twice the loss
+    (content, 8 nats vs 4) twice the slack, and both settled at 10 tokens (ratio 1, fail).
+    With one tolerance in nats the slow group settles at 200."""
+    model = fake(group_curves=(CONTENT_SLOW, FUNCTION_FAST, 8.0, 4.0))
+    entry = claims_of(lm=model)[claim]
+    assert entry["parts"]["lm"]["value"] == 20
+    assert claim_verdict(claim, entry) == "pass"
+    # the curves as each group's metrics report them settle with the same tolerance
+    r = khandelwal.settled(SIZES, model["increase"][:, model["groups"]["content"]].mean(1), 0.06)
+    assert r == 200
+
+
+@pytest.mark.parametrize("claim", ["content_needs_more_context", "rare_needs_more_context"])
+@pytest.mark.parametrize(
+    "curves, expected",
+    [
+        ((FUNCTION_FAST, CONTENT_SLOW), "fail"),  # the other way round: ratio 1/20
+        (((1, EDGE * 1.5, 0, 0, 0, 0), FUNCTION_FAST), "inconclusive"),  # 10 or 100 vs 10
+        (((1, 1, 1, 1, 1, 1), FUNCTION_FAST), "pass"),  # never settles: ratio >= 1000/10
+    ],
+)
+def test_group_ratio_verdicts(claim, curves, expected):
+    entry = claims_of(lm=fake(group_curves=(*curves, 4.0, 4.0)))[claim]
+    assert claim_verdict(claim, entry) == expected
+
+
+def test_groups_too_small_or_never_settling_are_left_out():
+    small = fake(group_curves=((1, 1, 1, 1, 1, 1), (1, 1, 1, 1, 1, 1), 4.0, 4.0))
+    entry = claims_of(lm=small)["content_needs_more_context"]
+    assert "na" in entry and "neither content nor function" in entry["na"]
+    one = fake()
+    one["groups"] = {**one["groups"], "rare": np.arange(N) == 0}
+    entry = claims_of(lm=one, other=fake(group_curves=(CONTENT_SLOW, FUNCTION_FAST, 8, 4)))
+    assert "fewer than 2 rare" in entry["rare_needs_more_context"]["left_out"]["lm"]
+    assert claim_verdict("rare_needs_more_context", entry["rare_needs_more_context"]) == "pass"
+
+
+FAR = [0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "claim, perturb, expected",
+    [
+        # a 20-token span shuffled or reversed: 0.3 nats nearby (7.5% of 4), none far
+        (
+            "local_order_nearby",
+            {"shuffle_local": [0.3, *FAR[1:]], "reverse_local": [0.3, *FAR[1:]]},
+            "pass",
+        ),
+        ("local_order_nearby", {"shuffle_local": [0.3, *FAR[1:]]}, "fail"),  # reversal: nothing
+        (
+            "local_order_nearby",
+            {"shuffle_local": [EDGE, *FAR[1:]], "reverse_local": [0.3, *FAR[1:]]},
+            "inconclusive",
+        ),
+        # at the paper's cut points, b = 20 (words) and b = 50 (topic): 0.1 nats = 2.5%
+        ("content_words_matter_far", {"drop_content": [0.2, 0.1, 0.1, 0.05, 0.05]}, "pass"),
+        ("content_words_matter_far", {"drop_function": [0.2, 0.1, 0.1, 0.05, 0.05]}, "fail"),
+        # 1% of the loss: at the line between an effect and none
+        ("content_words_matter_far", {"drop_content": [0.2, 0.1, EDGE, 0, 0]}, "inconclusive"),
+        # a real but negligible difference (a gt-0 rule passed it)
+        ("content_words_matter_far", {"drop_content": [0.2, 0.1, 0.004, 0, 0]}, "fail"),
+        ("far_context_is_topic", {"replace": [0.5, 0.2, 0.1, 0.1, 0.02]}, "pass"),
+        ("far_context_is_topic", {"shuffle_global": [0.5, 0.2, 0.1, 0.1, 0.02]}, "fail"),
+        ("far_context_is_topic", {"replace": [0.5, 0.2, 0.1, EDGE, 0.0]}, "inconclusive"),
+    ],
+)
+def test_perturbation_contrasts_with_intervals_over_targets(claim, perturb, expected):
+    assert verdict(claim, lm=fake(perturb=perturb)) == expected
+
+
+def test_contrasts_read_the_far_boundaries_of_the_paper():
+    c = claims_of(lm=fake(perturb={"replace": [0.5, 0.2, 0.1, 0.06, 0.02]}))
+    part = c["far_context_is_topic"]["parts"]["lm"]
+    assert part["value"] == pytest.approx(0.06 / 4, abs=0.002)  # at b = 50
+    assert "beyond b = 50" in c["far_context_is_topic"]["ours"]
+    assert "beyond b = 20" in c["content_words_matter_far"]["ours"]
+    assert set(c["local_order_nearby"]["parts"]) == {"lm/shuffle_local", "lm/reverse_local"}
+    # a grid that stops short of 50: its largest boundary, named
+    short = {**SETTINGS, "boundaries": [1, 5, 20]}
+    loss = fake(perturb={"replace": [0.5, 0.2, 0.1, 0, 0]})
+    loss["perturbation"] = {k: v[:3] for k, v in loss["perturbation"].items()}
+    results = {"lm": {"corpus": "prose", "perturbation": {"context": 40}}}
+    c = context_claims(results, {"lm": loss}, short, {"lm": trained()})
+    assert "beyond b = 20" in c["far_context_is_topic"]["ours"]
+    assert c["far_context_is_topic"]["parts"]["lm"]["value"] == pytest.approx(0.1 / 4, abs=0.002)
+
+
+def test_perplexity_claims_are_exact_and_na_without_the_papers_corpora():
+    c = claims_of(a=(fake(), trained("ptb", 60.0)), b=(fake(), trained("ptb", 70.0)))
+    assert c["ptb_test_perplexity"]["parts"]["a"] == {"value": 60.0}  # exact: no interval
+    assert claim_verdict("ptb_test_perplexity", c["ptb_test_perplexity"]) == "fail"  # b decides
+    assert "prose corpus is not comparable" in c["wt2_test_perplexity"]["na"]
+    assert c["wt2_test_perplexity"]["conditions"]
+    c = claims_of(a=(fake(), trained("wikitext2", 70.0)))
+    assert claim_verdict("wt2_test_perplexity", c["wt2_test_perplexity"]) == "pass"
+
+
+def test_conditions_name_the_model_and_the_run():
+    cond = claims_of(lm_prose=fake())["effective_context"]["conditions"]
+    assert "lm_prose: 1.2M-parameter LSTM LM, 1 epoch(s) of 0.8M tokens on prose" in cond
+    assert f"{N} targets of the valid split" in cond
 
 
 def test_a_checkpoint_of_another_vocabulary_is_refused(tmp_path, monkeypatch):
@@ -88,6 +264,13 @@ def test_a_checkpoint_of_another_vocabulary_is_refused(tmp_path, monkeypatch):
     r = context_of_model("lm", str(path), {"corpus": "prose"}, **settings)
     assert r["targets"] == 5 and len(r["restriction"]["increase"]) == 2
     assert r["speed"]["targets_scored"] == 5 * (2 + 1 + 1)
+    # the per-target losses the claims bootstrap over (kept out of the metrics by `compute`)
+    per = r.pop("per_target")
+    assert per["increase"].shape == (2, 5) and per["perturbation"]["shuffle_global"].shape == (1, 5)
+    assert np.allclose(per["increase"].mean(1), r["restriction"]["increase"])
+    run = {**settings, "targets": 5, "split": "test", "sizes": [1, 2]}
+    c = context_claims({"lm": r}, {"lm": per}, run, {"lm": trained()})
+    assert "parts" in c["effective_context"] and "parts" in c["order_matters_only_nearby"]
     # a perturbation window that is also a restriction size is scored once, not twice
     again = context_of_model("lm", str(path), {"corpus": "prose"}, **{**settings, "sizes": [1, 4]})
     assert again["speed"]["targets_scored"] == 5 * (2 + 0 + 1)

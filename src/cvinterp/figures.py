@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -53,11 +54,43 @@ def crop_to(img: np.ndarray, box, size: int) -> np.ndarray:
     return np.asarray(pil).astype(np.float32) / 255.0
 
 
-def save(fig, path: str | Path) -> None:
+def contents(fig) -> dict:
+    """What a figure shows, in a form a test can read: its panels (axes that draw something),
+    their titles, and for each image drawn its spread (a constant map has spread 0)."""
+    panels = [
+        ax
+        for ax in fig.axes
+        if ax.get_visible() and (ax.images or ax.lines or ax.collections or ax.patches)
+    ]
+    spreads = [
+        float(np.nanstd(np.asarray(im.get_array(), dtype=np.float64)))
+        for ax in panels
+        for im in ax.images
+    ]
+    return {
+        "panels": len(panels),
+        "titles": [ax.get_title() for ax in panels],
+        "images": len(spreads),
+        "constant_images": sum(s == 0 for s in spreads),
+    }
+
+
+def save(fig, path: str | Path, dpi: int = 110) -> None:
+    """Write the figure as PNG, with `contents(fig)` as JSON in its "cvinterp" text chunk
+    (read back by `read_contents`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    meta = {"cvinterp": json.dumps(contents(fig))} if path.suffix == ".png" else None
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata=meta)
     plt.close(fig)
+
+
+def read_contents(path: str | Path) -> dict:
+    """The contents a figure was saved with (see `save`)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return json.loads(im.text["cvinterp"])
 
 
 def image_rows(

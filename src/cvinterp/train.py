@@ -109,8 +109,15 @@ def train_classifier(
     progress: bool = True,
     stop_after_epoch: int | None = None,
     snapshots: list[int] = (),
+    run_seed: int | None = None,
+    shuffle_labels: bool = False,
 ):
     """Train `arch` on `train` with SGD; return (model, preprocessing, metrics, snapshots).
+
+    run_seed: the seed of this run instead of `seed` (another training run of the same net).
+    shuffle_labels: train on the labels permuted at random (seeded by the run's seed), a model
+    that learns nothing about its classes (Adebayo et al. 2018's data randomisation); the test
+    split keeps its true labels.
 
     snapshots: optimizer steps after which a copy of the weights is kept (0: the
     initialisation); returned as {step: state dict on the CPU}, kept across a resume, for
@@ -122,6 +129,8 @@ def train_classifier(
     uninterrupted run (shuffling and dropout of epoch e depend only on (seed, e)).
     `stop_after_epoch` ends the run early (as an interruption would), returning None.
     """
+    if run_seed is not None:
+        seed = run_seed
     mean, std = channel_stats(train)
     pre = Preprocessing(1.0, mean, std, False, train.images.shape[1])
     torch.manual_seed(seed)
@@ -140,6 +149,8 @@ def train_classifier(
     )
     if snapshots:
         train_args["snapshots"] = sorted(set(snapshots))
+    if shuffle_labels:  # (only when set: the keys of earlier runs stay what they were)
+        train_args["shuffle_labels"] = True
     key = _run_key(arch, arch_args, train_args, seed, train)
     start_epoch, history = 0, []
     kept = {0: _cpu(initial)} if 0 in snapshots else {}
@@ -156,6 +167,8 @@ def train_classifier(
         else:
             print(f"ignoring {resume_path}: it belongs to other training settings")
     labels = torch.as_tensor(train.labels)
+    if shuffle_labels:
+        labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         model.train()
@@ -203,7 +216,10 @@ def train_classifier(
             )
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch < epochs:
             return None
-    final = evaluate(model, test, pre, device)
+    if history and history[-1]["epoch"] == epochs:  # the last epoch's scores: the same model
+        final = history[-1]
+    else:
+        final = evaluate(model, test, pre, device)
     metrics = {
         "test_accuracy": final["accuracy"],
         "test_loss": final["loss"],
@@ -214,6 +230,10 @@ def train_classifier(
         "relative_weight_change": relative_change(initial, model.state_dict()),
     }
     metrics["steps"] = epochs * -(-len(train) // batch_size)  # optimizer steps in all
+    if run_seed is not None:
+        metrics["run_seed"] = run_seed
+    if shuffle_labels:
+        metrics["shuffled_labels"] = True
     if snapshots:
         metrics["snapshot_steps"] = sorted(kept)
     return model.eval(), pre, metrics, kept

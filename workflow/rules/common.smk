@@ -350,6 +350,7 @@ def experiment_metrics():
 def final_outputs():
     outs = [
         f"{RESULTS}/compare.tsv",
+        f"{RESULTS}/compare.html",
         f"{RESULTS}/provenance.json",
         f"{RESULTS}/references.bib",
     ]

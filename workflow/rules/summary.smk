@@ -9,6 +9,12 @@ rule compare:
             category="Comparison with the papers",
             labels={"table": "paper says / we measured / verdict"},
         ),
+        html=report(
+            f"{RESULTS}/compare.html",
+            caption="../report/compare.rst",
+            category="Comparison with the papers",
+            labels={"table": "the same, verdicts coloured"},
+        ),
     log:
         f"{RESULTS}/logs/compare.log",
     benchmark:

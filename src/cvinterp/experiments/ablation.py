@@ -2,7 +2,9 @@
 and every class's accuracy on labelled images (a trained net's test split; an ImageNet net's
 validation folder, which must be given), the drops against three predictors of a unit's
 importance (its class selectivity, the L1 norm of its incoming weights, its class correlation),
-and units ablated cumulatively in order of importance and at random."""
+and units ablated cumulatively in order of importance and at random. The per-image outcomes of
+every single-unit ablation give the null of class specificity: the class drops recomputed under
+shuffled labels of the evaluation images."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from cvinterp import figures as fig
+from cvinterp import stats
 from cvinterp.data.images import DataError
 from cvinterp.data.probe import FolderProbe
 from cvinterp.experiments.common import Computed, Declaration, Loaded, Model, Probe, load
@@ -26,6 +29,9 @@ CLAIMS = (
     "single_unit_overall_drop_small",
     "class_drop_much_larger",
     "selectivity_predicts_class_drop",
+    "unit_hurts_its_selective_class_most",
+    "importance_order_beats_random",
+    "l1_norm_predicts_class_drop",
 )
 
 
@@ -56,6 +62,10 @@ def _batches(data, pre, n: int, batch_size: int, device):
         if seen >= n:
             return
 
+
+#: Shufflings of the evaluation images' labels in the class-specificity null (each a matrix
+#: product over the stored per-image outcomes: milliseconds).
+LABEL_PERMUTATIONS = 20
 
 PREDICTORS = {
     "selectivity": "class selectivity",
@@ -97,10 +107,13 @@ def ablate_layer(
     bar.close()
     units = engine.units
     totals = engine.class_totals().double()
-    base = engine.correct(torch.ones(1, units, dtype=torch.bool))[0].double()
+    base, base_right = engine.correct(torch.ones(1, units, dtype=torch.bool), per_image=True)
+    base = base[0].double()
     bar = tqdm(total=n, desc=f"{m.name} {path}: ablate {units} units", mininterval=5)
-    correct = engine.correct(ab.single_units(units), group=group, progress=bar).double()
-    bar.close()  # correct: (units, classes)
+    correct, right = engine.correct(ab.single_units(units), group=group, progress=bar,
+                                    per_image=True)  # fmt: skip
+    correct = correct.double()
+    bar.close()  # correct: (units, classes); right: (units, images)
     seen = totals > 0
     base_class = base[seen] / totals[seen]
     class_acc = correct[:, seen] / totals[seen]
@@ -108,9 +121,17 @@ def ablate_layer(
     class_drop = base_class[None] - class_acc  # (units, seen classes)
     worst = class_drop.argmax(1)
     max_drop = class_drop.max(1).values
-    sel = ab.selectivity(engine.class_means()[seen])
+    means = engine.class_means()[seen]
+    sel = ab.selectivity(means)
+    top = means.argmax(0).cpu().numpy()  # each unit's most selective class (a column)
     overall, max_drop = overall.cpu().numpy(), max_drop.cpu().numpy()
     class_ids = torch.nonzero(seen).flatten().cpu().numpy()
+    # the null of class specificity: the same per-image outcomes under shuffled labels
+    delta = base_right.to(torch.float32) - right.to(torch.float32)
+    hits = ab.selective_hits(class_drop.cpu().numpy(), top)
+    null_max, null_hits = ab.label_permutation_null(
+        delta.numpy(), engine.labels().numpy(), class_ids, top, LABEL_PERMUTATIONS, seed
+    )
     l1, corr, no_l1 = ab.unit_predictors(engine, m.model, path, torch.as_tensor(class_ids))
     predictors = {"selectivity": sel, "l1_norm": l1, "class_correlation": corr}
 
@@ -135,12 +156,20 @@ def ablate_layer(
         "l1_norm": None if no_l1 else l1.tolist(),
         **({"l1_norm_unavailable": no_l1} if no_l1 else {}),
         "class_correlation": corr.tolist(),
+        "classes": len(class_ids),
+        "seed": seed,
+        "selective_class": [int(class_ids[i]) for i in top],
+        "selective_class_hit": hits.tolist(),
+        "label_permutations": LABEL_PERMUTATIONS,
+        "null_max_class_drop": null_max.tolist(),
+        "null_selective_class_hit": null_hits.tolist(),
         "summary": {
             "images": n,
             "mean_overall_drop": float(overall.mean()),
             "mean_abs_overall_drop": float(np.abs(overall).mean()),
             "max_overall_drop": float(overall.max()),
             "mean_max_class_drop": float(max_drop.mean()),
+            "null_mean_max_class_drop": float(null_max.mean()),
             "spearman_selectivity_overall": _spearman(sel, overall),
             "spearman_selectivity_class": _spearman(sel, max_drop),
             # Spearman of each predictor against the overall drop and the largest class drop
@@ -164,6 +193,7 @@ def ablate_layer(
             "removed": k_steps,
             "by_importance": acc[0].tolist(),
             "random_mean": acc[1:].mean(0).tolist() if random_orders else [],
+            "random": acc[1:].tolist(),
         },
     }
 
@@ -186,7 +216,13 @@ def compute(
     for name, model in models.items():
         m = load(model, probe, device)
         data, n = labelled(m, probe, images)
-        out = metrics["models"][name] = {"data": getattr(data, "description", ""), "layers": {}}
+        train = (m.spec or {}).get("train") or {}
+        out = metrics["models"][name] = {
+            "data": getattr(data, "description", ""),
+            "arch": m.arch,
+            "epochs": train.get("epochs"),
+            "layers": {},
+        }
         for layer in model.settings["layers"]:
             out["layers"][layer] = ablate_layer(
                 m,
@@ -233,6 +269,11 @@ def _figure(r: dict, classes: list[str], title: str, path) -> None:
     ax.set_title("one unit zeroed: overall accuracy", fontsize=10)
     ax = axes[0, 1]
     ax.hist(max_drop, bins=30, color="#d62728")
+    if "null_max_class_drop" in r:
+        null = 100 * float(np.mean(r["null_max_class_drop"]))
+        ax.axvline(null, color="k", ls="--", lw=1, label=f"shuffled labels (mean {null:.1f})")
+        ax.axvline(max_drop.mean(), color="#d62728", lw=1, label=f"mean {max_drop.mean():.1f}")
+        ax.legend(fontsize=7)
     ax.set(xlabel="largest class accuracy drop (points)", ylabel="units")
     ax.set_title("one unit zeroed: its most affected class", fontsize=10)
     _predictor_bars(axes[0, 2], s.get("predictors"))
@@ -263,6 +304,8 @@ def _figure(r: dict, classes: list[str], title: str, path) -> None:
     ax.plot(c["removed"], 100 * np.array(c["by_importance"]), "o-", label="most important first")
     if c["random_mean"]:
         ax.plot(c["removed"], 100 * np.array(c["random_mean"]), "s--", label="random order (mean)")
+    for curve in c.get("random", []):
+        ax.plot(c["removed"], 100 * np.array(curve), color="C1", lw=0.5, alpha=0.5)
     ax.set(xlabel="units zeroed", ylabel="accuracy (%)")
     ax.set_title("cumulative ablation", fontsize=10)
     ax.legend(fontsize=7)
@@ -300,54 +343,235 @@ def _predictor_bars(ax, predictors: dict | None) -> None:
     ax.legend(fontsize=7, loc="lower right")
 
 
-def claims(result: Computed) -> dict:
-    rows = {
-        f"{n} {layer}": r["summary"]
+#: Permutations of the units in the null of a correlation over units.
+UNIT_PERMUTATIONS = 1000
+
+#: The paper's setting, for the `conditions` of every claim.
+PAPER_SETTING = "paper: AlexNet / VGG16 conv5 on ImageNet / Places validation, 1,000 / 365 classes"
+
+
+def _layers(result: Computed) -> dict[str, dict]:
+    return {
+        f"{n} {layer}": r
         for n, o in result.metrics["models"].items()
         for layer, r in o["layers"].items()
     }
-    if not rows:
-        return {k: {"na": "no layer ablated"} for k in CLAIMS}
-    pct = {k: 100 * s["mean_overall_drop"] for k, s in rows.items()}
-    # against the mean size of the overall change (a unit's removal can also raise accuracy),
-    # at least one image's worth
-    ratio = {
-        k: s["mean_max_class_drop"] / max(s["mean_abs_overall_drop"], 1 / s["images"])
-        for k, s in rows.items()
-    }
-    gap = {
-        k: s["spearman_selectivity_class"] - s["spearman_selectivity_overall"]
-        for k, s in rows.items()
-    }
-    out = {
-        CLAIMS[0]: {
-            "value": max(pct.values()),
-            "ours": "; ".join(
-                f"{k}: mean {v:.2f} pts, max {100 * rows[k]['max_overall_drop']:.2f}"
-                for k, v in pct.items()
-            ),
-        },
-        CLAIMS[1]: {
-            "value": min(ratio.values()),
-            "ours": "; ".join(
-                f"{k}: mean max-class drop {100 * rows[k]['mean_max_class_drop']:.2f} pts = "
-                f"{v:.1f}x the mean |overall change|"
-                for k, v in ratio.items()
-            ),
-        },
-        CLAIMS[2]: {
-            "value": min(gap.values()),
-            "ours": "; ".join(
-                f"{k}: rho(sel, class drop) {rows[k]['spearman_selectivity_class']:+.2f} vs "
-                f"rho(sel, overall) {rows[k]['spearman_selectivity_overall']:+.2f}"
-                + _other_predictors(rows[k])
-                for k in rows
-            ),
-        },
-    }
-    if any(np.isnan(v) for v in gap.values()):
-        out[CLAIMS[2]] = {"na": "a layer's selectivities or drops are all equal: no rank order"}
-    return out
+
+
+def _conditions(result: Computed, extra: str = "") -> str:
+    """How this run departs from the paper: its models, layers, images and classes."""
+    runs = []
+    for n, o in result.metrics["models"].items():
+        layers = o["layers"]
+        if not layers:
+            continue
+        r = next(iter(layers.values()))
+        net = ", ".join(
+            x
+            for x in (
+                o.get("arch"),
+                f"{o['epochs']} epochs" if o.get("epochs") else None,
+                f"accuracy {100 * r['base_accuracy']:.0f}%" if "base_accuracy" in r else None,
+            )
+            if x
+        )
+        net = f" ({net})" if net else ""
+        data = f" of the {o['data']}" if o.get("data") else " images"
+        runs.append(
+            f"{n}{net} {', '.join(layers)}: {r['images']}{data}, {r.get('classes', '?')} classes"
+        )
+    return "; ".join(runs) + f" ({PAPER_SETTING}){extra}"
+
+
+def _seed(r: dict) -> int:
+    return int(r.get("seed", 0))
+
+
+def _permutation_null(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, tuple]:
+    """Spearman's rho of x with y under `UNIT_PERMUTATIONS` shufflings of the units: the
+    null's mean and its central 95% range."""
+    rng = np.random.default_rng(seed)
+    perm = np.argsort(rng.random((UNIT_PERMUTATIONS, len(y))), axis=1)
+    rho = stats.spearman(np.broadcast_to(x, perm.shape), y[perm], axis=-1)
+    lo, hi = np.percentile(rho, [2.5, 97.5])
+    return float(rho.mean()), (float(lo), float(hi))
+
+
+def _rho_estimate(x, y, seed: int) -> dict:
+    """Spearman's rho over the units, its paired bootstrap interval over the units, and the
+    permuted-units null."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    null, null_interval = _permutation_null(x, y, seed)
+    return stats.estimate(
+        float(stats.spearman(x, y)),
+        stats.bootstrap((x, y), stats.spearman, seed=seed, paired=True),
+        null=null,
+        null_interval=null_interval,
+    )
+
+
+def _constant(*arrays) -> bool:
+    return any(np.ptp(np.asarray(a, dtype=float)) == 0 for a in arrays)
+
+
+def _overall_drop_claim(result: Computed, layers: dict) -> dict:
+    parts = {}
+    for k, r in layers.items():
+        pts = 100 * np.asarray(r["overall_drop"], dtype=float)
+        parts[k] = stats.estimate(pts.mean(), stats.bootstrap(pts, seed=_seed(r)))
+    ours = "; ".join(
+        f"{k}: mean {parts[k]['value']:.2f} pts, max {100 * max(r['overall_drop']):.2f}"
+        for k, r in layers.items()
+    )
+    return stats.claim(parts, ours, _conditions(result))
+
+
+def _ratio(floor: float):
+    """mean(class drop) / max(mean |overall change|, floor), vectorised for the bootstrap."""
+
+    def statistic(a, b, axis=-1):
+        return np.mean(a, axis=axis) / np.maximum(np.mean(b, axis=axis), floor)
+
+    return statistic
+
+
+def _class_drop_claim(result: Computed, layers: dict) -> dict:
+    parts, texts = {}, []
+    for k, r in layers.items():
+        floor = 1 / r["images"]
+        f = _ratio(floor)
+        top = np.asarray(r["max_class_drop"], dtype=float)
+        null = np.asarray(r["null_max_class_drop"], dtype=float)
+        size = np.abs(np.asarray(r["overall_drop"], dtype=float))
+        seed = _seed(r)
+        parts[k] = stats.estimate(
+            float(f(top, size)),
+            stats.bootstrap((top, size), f, seed=seed, paired=True),
+            null=float(f(null, size)),
+            null_interval=stats.bootstrap((null, size), f, seed=seed, paired=True),
+        )
+        texts.append(
+            f"{k}: mean largest class drop {100 * top.mean():.2f} pts = "
+            f"{parts[k]['value']:.1f}x the mean |overall change| (shuffled labels: "
+            f"{100 * null.mean():.2f} pts = {parts[k]['null']:.1f}x)"
+        )
+    extra = f"; null: {next(iter(layers.values()))['label_permutations']} label shufflings"
+    return stats.claim(parts, "; ".join(texts), _conditions(result, extra))
+
+
+def _selectivity_claim(result: Computed, layers: dict) -> dict:
+    """Two parts per layer, both > 0: rho(selectivity, largest class drop) clear of the
+    permuted-units null, and its excess over rho(selectivity, overall drop) (paired bootstrap
+    over the units)."""
+    parts, texts, left_out = {}, [], {}
+    for k, r in layers.items():
+        sel = np.asarray(r["selectivity"], dtype=float)
+        top = np.asarray(r["max_class_drop"], dtype=float)
+        overall = np.asarray(r["overall_drop"], dtype=float)
+        if _constant(sel, top, overall):
+            left_out[k] = "selectivities or drops all equal: no rank order"
+            continue
+        seed = _seed(r)
+        parts[f"{k}: rho(sel, class drop)"] = _rho_estimate(sel, top, seed)
+
+        def gap(s, c, o, axis=-1):
+            return stats.spearman(s, c, axis=axis) - stats.spearman(s, o, axis=axis)
+
+        parts[f"{k}: rho(sel, class drop) - rho(sel, overall drop)"] = stats.estimate(
+            float(gap(sel, top, overall)),
+            stats.bootstrap((sel, top, overall), gap, seed=seed, paired=True),
+        )
+        s = r["summary"]
+        texts.append(
+            f"{k}: rho(sel, class drop) {s['spearman_selectivity_class']:+.2f} vs "
+            f"rho(sel, overall) {s['spearman_selectivity_overall']:+.2f}" + _other_predictors(s)
+        )
+    return stats.claim(parts, "; ".join(texts), _conditions(result), left_out=left_out)
+
+
+def _l1_claim(result: Computed, layers: dict) -> dict:
+    parts, texts, left_out = {}, [], {}
+    for k, r in layers.items():
+        if r.get("l1_norm") is None:
+            left_out[k] = r.get("l1_norm_unavailable", "no weight L1 norm")
+            continue
+        l1 = np.asarray(r["l1_norm"], dtype=float)
+        top = np.asarray(r["max_class_drop"], dtype=float)
+        if _constant(l1, top):
+            left_out[k] = "L1 norms or class drops all equal: no rank order"
+            continue
+        parts[k] = _rho_estimate(l1, top, _seed(r))
+        rho_overall = float(stats.spearman(l1, np.asarray(r["overall_drop"], dtype=float)))
+        texts.append(
+            f"{k}: rho(L1, class drop) {parts[k]['value']:+.2f}, "
+            f"rho(L1, overall drop) {rho_overall:+.2f}"
+        )
+    return stats.claim(parts, "; ".join(texts), _conditions(result), left_out=left_out)
+
+
+def _selective_class_claim(result: Computed, layers: dict) -> dict:
+    parts, texts = {}, []
+    for k, r in layers.items():
+        hits = np.asarray(r["selective_class_hit"], dtype=float)
+        null = np.asarray(r["null_selective_class_hit"], dtype=float)
+        seed = _seed(r)
+        parts[k] = stats.estimate(
+            hits.mean(),
+            stats.bootstrap(hits, seed=seed),
+            null=null.mean(),
+            null_interval=stats.bootstrap(null, seed=seed),
+        )
+        texts.append(
+            f"{k}: {100 * hits.mean():.0f}% of {len(hits)} units (shuffled labels "
+            f"{100 * null.mean():.0f}%, 1/classes {100 / r['classes']:.0f}%)"
+        )
+    extra = f"; null: {next(iter(layers.values()))['label_permutations']} label shufflings"
+    return stats.claim(parts, "; ".join(texts), _conditions(result, extra))
+
+
+def _importance_gap(c: dict) -> np.ndarray | None:
+    """Per random order: the accuracy (points) by random order minus by importance, averaged
+    over every step that zeroes some units but not all (the area between the two curves)."""
+    removed = np.asarray(c["removed"])
+    units = removed.max()
+    steps = (removed > 0) & (removed < units)
+    if not steps.any() or not c.get("random"):
+        return None
+    random = np.asarray(c["random"], dtype=float)[:, steps]
+    importance = np.asarray(c["by_importance"], dtype=float)[steps]
+    return 100 * (random - importance[None]).mean(1)
+
+
+def _cumulative_claim(result: Computed, layers: dict) -> dict:
+    parts, texts, left_out = {}, [], {}
+    for k, r in layers.items():
+        gaps = _importance_gap(r["cumulative"])
+        if gaps is None or len(gaps) < 2:
+            left_out[k] = "fewer than 2 random orders: no interval over the orders"
+            continue
+        parts[k] = stats.estimate(gaps.mean(), stats.bootstrap(gaps, seed=_seed(r)))
+        texts.append(
+            f"{k}: most important first lower by {gaps.mean():.2f} pts on average over the "
+            f"cumulative steps ({len(gaps)} random orders)"
+        )
+    return stats.claim(parts, "; ".join(texts), _conditions(result), left_out=left_out)
+
+
+_BUILDERS = {
+    CLAIMS[0]: _overall_drop_claim,
+    CLAIMS[1]: _class_drop_claim,
+    CLAIMS[2]: _selectivity_claim,
+    CLAIMS[3]: _selective_class_claim,
+    CLAIMS[4]: _cumulative_claim,
+    CLAIMS[5]: _l1_claim,
+}
+
+
+def claims(result: Computed) -> dict:
+    layers = _layers(result)
+    if not layers:
+        return {k: {"na": "no layer ablated", "conditions": PAPER_SETTING} for k in CLAIMS}
+    return {k: build(result, layers) for k, build in _BUILDERS.items()}
 
 
 def _other_predictors(summary: dict) -> str:

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from cvinterp import figures as fig
+from cvinterp import stats
 from cvinterp.data import photos
 from cvinterp.data.probe import centre_square
 from cvinterp.experiments.common import (
@@ -18,7 +19,6 @@ from cvinterp.experiments.common import (
     inputs,
     limit,
     load,
-    weakest_difference,
 )
 from cvinterp.instrument import Instrument
 from cvinterp.models import layer_path
@@ -37,9 +37,10 @@ def _showcase(m: Loaded) -> np.ndarray:
 @torch.no_grad()
 def compute(models: dict[str, Model], *, images: int, probe: Probe, device) -> Computed:
     """Each layer's channels (after the ReLU) for the showcase input, and the fraction of zero
-    activations of each layer over `images` probe images."""
+    activations of each layer over `images` probe images (and per image, for the claim's
+    interval)."""
     metrics: dict = {"models": {}}
-    shown = {}
+    shown, per_image = {}, {}
     for name, model in models.items():
         m = load(model, probe, device)
         layers = model.settings["layers"]
@@ -48,13 +49,15 @@ def compute(models: dict[str, Model], *, images: int, probe: Probe, device) -> C
         with Instrument(m.model, paths, detach=True, stop_early=True) as ins:
             ins.forward(inputs(m, showcase[None], device))
             maps = {p: ins[p][0].clamp(min=0).cpu().numpy() for p in paths}
-            zero = dict.fromkeys(paths, 0.0)
+            zero: dict[str, list] = {p: [] for p in paths}
             count = 0
             for x in limit(m.images.batches(m.pre, 64, device), images):
                 ins.forward(x)
                 for p in paths:
-                    zero[p] += float((ins[p] <= 0).float().mean()) * len(x)
+                    zero[p].append((ins[p] <= 0).flatten(1).float().mean(1).cpu().numpy())
                 count += len(x)
+        zero = {p: np.concatenate(v).astype(np.float64) for p, v in zero.items()}
+        per_image[name] = {layer: zero[p] for layer, p in zip(layers, paths, strict=True)}
         entry = {"probe": m.images.description, "images": count, "layers": {}}
         layer_maps = {}
         for layer, p in zip(layers, paths, strict=True):
@@ -62,12 +65,14 @@ def compute(models: dict[str, Model], *, images: int, probe: Probe, device) -> C
             entry["layers"][layer] = {
                 "channels": int(a.shape[0]),
                 "map": list(a.shape[1:]),
-                "fraction_zero": zero[p] / count,
+                "fraction_zero": float(zero[p].mean()),
             }
         metrics["models"][name] = entry
         shown[name] = {"input": showcase, "maps": layer_maps}  # a linear layer: a pixel per unit
     layers = {n: m.settings["layers"] for n, m in models.items()}
-    return Computed(metrics, {"shown": shown, "layers": layers})
+    return Computed(
+        metrics, {"shown": shown, "layers": layers, "fraction_zero": per_image, "seed": probe.seed}
+    )
 
 
 def figures(result: Computed, figure_dir) -> None:
@@ -92,11 +97,26 @@ def figures(result: Computed, figure_dir) -> None:
 
 
 def claims(result: Computed) -> dict:
-    deeper_sparser = {}
+    """deeper_layers_sparser: per model, the fraction of zero activations of its deepest shown
+    layer minus its shallowest, mean over the probe images with a 95% bootstrap interval over
+    the images (the two layers read the same images: the per-image differences are resampled);
+    the weakest model decides."""
+    parts, left_out, texts, counts = {}, {}, [], []
+    seed = result.data.get("seed", 0)
     for name, layers in result.data["layers"].items():
-        lay = result.metrics["models"][name]["layers"]
-        if layers[0] != layers[-1]:
-            deeper_sparser[name] = (
-                lay[layers[-1]]["fraction_zero"] - lay[layers[0]]["fraction_zero"]
-            )
-    return {"deeper_layers_sparser": weakest_difference(deeper_sparser, "two or more layers")}
+        if layers[0] == layers[-1]:
+            left_out[name] = "one layer shown: nothing to compare"
+            continue
+        zero = result.data["fraction_zero"][name]
+        diff = np.asarray(zero[layers[-1]]) - np.asarray(zero[layers[0]])
+        lo, hi = stats.bootstrap(diff, np.mean, seed=seed)
+        parts[name] = stats.estimate(float(diff.mean()), (lo, hi))
+        texts.append(
+            f"{name}: {layers[-1]} {np.mean(zero[layers[-1]]):.3f} vs {layers[0]} "
+            f"{np.mean(zero[layers[0]]):.3f} zero, {diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        )
+        counts.append(f"{name}: {len(diff)} images of {result.metrics['models'][name]['probe']}")
+    conditions = "; ".join(counts) + "; the paper watched CaffeNet's conv5 on live webcam video"
+    return {
+        "deeper_layers_sparser": stats.claim(parts, "; ".join(texts), conditions, left_out=left_out)
+    }

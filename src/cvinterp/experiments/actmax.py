@@ -10,10 +10,10 @@ import torch
 from tqdm import tqdm
 
 from cvinterp import figures as fig
+from cvinterp import stats
 from cvinterp.experiments.common import Computed, Declaration, Model, Probe, load, spread
 from cvinterp.methods.actmax import (
     YOSINSKI_SETTINGS,
-    pairwise_correlation,
     pixel_space,
     unit_objective,
 )
@@ -94,6 +94,7 @@ def _erhan(models: list[Model], s: dict, probe: Probe, device) -> tuple[dict, di
     info = {
         "model": models[0].name,
         "compare": models[1].name if len(models) > 1 else None,
+        "seed": probe.seed,
         "starts": s["starts"],
         "iterations": s["iterations"],
         "step": s["step"],
@@ -125,17 +126,42 @@ def _erhan_model(model: Model, s: dict, probe: Probe, device) -> tuple[dict, dic
         bar = tqdm(total=s["iterations"], desc=f"{m.name} {layer}: Erhan", mininterval=5)
         res = erhan_ascent(objective, start, rho, s["iterations"], s["step"], progress=bar)
         bar.close()
-        within, between = pairwise_correlation(res.images.cpu(), u)
+        optima[layer] = res.images.cpu().view(len(units), s["starts"], *x.shape[1:])
+        within, between = unit_correlations(optima[layer])
         info["layers"][layer] = {
             "units": units,
             "n_units": n_units,
-            "within_unit_correlation": within,
-            "between_unit_correlation": between,
+            "within_unit_correlation": float(within.mean()),
+            "between_unit_correlation": float(between.mean()),
+            # per unit (in the order of `units`), for the claim's intervals over units
+            "within_by_unit": within.tolist(),
+            "between_by_unit": between.tolist(),
             "activation_start_mean": float(res.start.mean()),
             "activation_final_mean": float(res.final.mean()),
         }
-        optima[layer] = res.images.cpu().view(len(units), s["starts"], *x.shape[1:])
     return info, optima
+
+
+def unit_correlations(optima: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit, from its optima (units, starts, ...): the mean Pearson correlation between its
+    own optima from different starts (within), and between its optima and those of every other
+    unit (between, NaN with one unit). Their means over units are the layer's mean pairwise
+    correlations (every unit has the same number of starts)."""
+    n_units, n_starts = optima.shape[:2]
+    v = optima.flatten(2).double()
+    v = v - v.mean(-1, keepdim=True)
+    v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    flat = v.reshape(n_units * n_starts, -1)
+    r = (flat @ flat.T).view(n_units, n_starts, n_units, n_starts).permute(0, 2, 1, 3)
+    own = torch.eye(n_units, dtype=torch.bool)
+    same = r[own]  # (units, starts, starts)
+    off = ~torch.eye(n_starts, dtype=torch.bool)
+    within = same[:, off].mean(1) if n_starts > 1 else torch.full((n_units,), float("nan"))
+    if n_units > 1:
+        between = r[~own].view(n_units, n_units - 1, -1).mean((1, 2))
+    else:
+        between = torch.full((n_units,), float("nan"))
+    return within.numpy(), between.numpy()
 
 
 def _yosinski(model: Model, s: dict, probe: Probe, device) -> tuple[dict, dict]:
@@ -153,10 +179,17 @@ def _yosinski(model: Model, s: dict, probe: Probe, device) -> tuple[dict, dict]:
     # Yosinski et al. start from the mean image plus noise: in pixel units, noise around 0
     start = (torch.randn(len(classes), m.channels, m.size, m.size, generator=gen) * 10).to(device)
     names = m.classes if len(m.classes) > int(classes.max()) else _IMAGENET_CATEGORIES
+    with torch.no_grad():  # the claim's null: the class's probability for the start images
+        p_start = m.model(to_input(start)).softmax(1)[
+            torch.arange(len(classes)), classes.to(device)
+        ]
     info = {
         "model": model.name,
         "layer": layer or "output",
+        "seed": probe.seed,
         "classes": s["classes"],
+        "class_names": [names[int(c)] for c in classes],
+        "p_target_start": p_start.cpu().tolist(),
         "settings": {},
     }
     shown = {}
@@ -247,26 +280,95 @@ def figures(result: Computed, figure_dir) -> None:
 
 
 def claims(result: Computed) -> dict:
-    """random_starts_converge, decided on erhan.model (Erhan et al.'s: pretrained without
-    labels) by its weakest layer; the compared model's numbers in the text."""
-    if "erhan" not in result.metrics:
-        return {"random_starts_converge": {"na": "experiments.actmax.erhan not set"}}
-    info = result.metrics["erhan"]
+    """random_starts_converge (Erhan et al. 2009), decided on erhan.model by its weakest layer;
+    regularised_visualisations_classified (Yosinski et al. 2015), by the weakest setting."""
+    return {
+        "random_starts_converge": _erhan_claim(result.metrics.get("erhan")),
+        "regularised_visualisations_classified": _yosinski_claim(result.metrics.get("yosinski")),
+    }
 
-    def summary(name: str) -> tuple[str, float]:
+
+def _seed(info: dict) -> int:
+    return int(info.get("seed", 0))
+
+
+def _erhan_claim(info: dict | None) -> dict:
+    """Per layer of erhan.model: the mean correlation between a unit's optima from different
+    random starts, with a 95% bootstrap interval over the units; its null is the mean
+    correlation between the optima of different units (per unit, resampled over the units)."""
+    if not info:
+        return {"na": "experiments.actmax.erhan not set", "conditions": ""}
+    conditions = (
+        f"{info['model']} ({info['models'][info['model']]['training']}); "
+        f"{len(next(iter(info['models'][info['model']]['layers'].values()))['units'])} units "
+        f"per layer, {info['starts']} random starts, {info['iterations']} steps of "
+        f"{info['step']} rho"
+    )
+    if info["starts"] < 2:
+        return {"na": "one random start: nothing to compare", "conditions": conditions}
+
+    def per_layer(name: str) -> tuple[dict, dict, str]:
+        parts, left_out, texts = {}, {}, []
+        for layer, v in info["models"][name]["layers"].items():
+            within = np.asarray(v["within_by_unit"], dtype=np.float64)
+            between = np.asarray(v["between_by_unit"], dtype=np.float64)
+            if len(within) < 2:
+                left_out[layer] = "one unit: no other unit for the null"
+                continue
+            ci = stats.bootstrap(within, np.mean, seed=_seed(info))
+            null_ci = stats.bootstrap(between, np.mean, seed=_seed(info))
+            parts[layer] = stats.estimate(
+                float(within.mean()), ci, null=float(between.mean()), null_interval=null_ci
+            )
+            texts.append(
+                f"{layer} {within.mean():.2f} [{ci[0]:.2f}, {ci[1]:.2f}] (other units "
+                f"{between.mean():.2f} [{null_ci[0]:.2f}, {null_ci[1]:.2f}])"
+            )
         m = info["models"][name]
-        lay = m["layers"]
-        worst = min(lay, key=lambda layer: lay[layer]["within_unit_correlation"])
-        per_layer = ", ".join(
-            f"{k} {v['within_unit_correlation']:.2f} (other units "
-            f"{v['between_unit_correlation']:.2f})"
-            for k, v in lay.items()
-        )
-        text = f"{name} ({m['training']}): {per_layer}; {len(lay[worst]['units'])} units per layer"
-        return text, lay[worst]["within_unit_correlation"]
+        return parts, left_out, f"{name} ({m['training']}): " + ", ".join(texts)
 
-    ours, value = summary(info["model"])
-    ours += f" (mean pairwise correlation of one unit's optima from {info['starts']} random starts)"
+    parts, left_out, ours = per_layer(info["model"])
+    ours += (
+        f" (mean pairwise correlation of one unit's optima from {info['starts']} random starts, "
+        "95% interval over units)"
+    )
     if info["compare"]:
-        ours += f". Beside it, {summary(info['compare'])[0]}"
-    return {"random_starts_converge": {"value": value, "ours": ours}}
+        ours += f". Beside it, {per_layer(info['compare'])[2]}"
+    return stats.claim(parts, ours, conditions, left_out=left_out)
+
+
+def _yosinski_claim(info: dict | None) -> dict:
+    """Per setting of Table 1: the target class's probability for the visualisation shown (the
+    best image seen), mean over the classes with a 95% bootstrap interval over them (one class:
+    exact); its null is the same probability for the random start images."""
+    if not info:
+        return {"na": "experiments.actmax.yosinski not set", "conditions": ""}
+    classes = info["classes"]
+
+    def mean_ci(values) -> tuple[float, tuple | None, str]:
+        v = np.asarray(values, dtype=np.float64)
+        if len(v) < 2:
+            return float(v.mean()), None, f"{v.mean():.3g}"
+        ci = stats.bootstrap(v, np.mean, seed=_seed(info))
+        return float(v.mean()), ci, f"{v.mean():.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
+
+    p0, null_ci, null_text = mean_ci(info["p_target_start"])
+    parts, texts, steps = {}, [], []
+    for k, v in info["settings"].items():
+        value, ci, text = mean_ci(v["p_target"])
+        parts[f"setting {k}"] = stats.estimate(value, ci, null=p0, null_interval=null_ci)
+        texts.append(f"setting {k} {text}")
+        steps.append(f"setting {k} {v['iterations']} of {v['paper_iterations']}")
+    names = info.get("class_names") or [str(c) for c in classes]
+    ours = (
+        f"{info['model']} {info['layer']}: p(target class) of the visualisation, mean over "
+        f"{len(classes)} class(es) ({', '.join(names)}): "
+        + ", ".join(texts)
+        + f"; random start images {null_text}"
+    )
+    conditions = (
+        f"{info['model']} (the paper: CaffeNet); {len(classes)} class(es)"
+        + (" (one class: no interval)" if len(classes) < 2 else "")
+        + f"; iterations (ours of the paper's): {', '.join(steps)}"
+    )
+    return stats.claim(parts, ours, conditions)

@@ -1,10 +1,16 @@
 """backprop: class maps of the three backward rules side by side (Simonyan et al. 2014;
-Springenberg et al. 2015), and the cascading randomisation of one model's layers from the top
-(Adebayo et al. 2018's sanity check)."""
+Springenberg et al. 2015), how much of the class saliency falls on the object (Simonyan et al.
+2014, Sec. 3), the cascading randomisation of one model's layers from the top and the
+data-randomisation test against a model trained on permuted labels (Adebayo et al. 2018's
+sanity checks)."""
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from cvinterp import figures as fig
+from cvinterp import stats
 from cvinterp.experiments.common import (
     Computed,
     Declaration,
@@ -14,25 +20,68 @@ from cvinterp.experiments.common import (
     inputs,
     load,
 )
+from cvinterp.instrument import gradients_on
 from cvinterp.methods.backward import RULES, gini, magnitude, project, to_image
-from cvinterp.methods.sanity import cascading_randomisation
+from cvinterp.methods.sanity import cascading_randomisation, rank_similarity
 from cvinterp.models import zoo
+
+#: Datasets of grey items on a black background: the item is the pixels above 0, so how much
+#: of a saliency map falls on the object can be measured without a segmentation.
+ON_BLACK = ("fashion_mnist", "mnist5k")
+
+
+def _check(settings: dict) -> None:
+    dr = settings.get("data_randomisation")
+    if not dr:
+        return
+    for key in ("model", "shuffled"):
+        if dr[key] not in settings["models"]:
+            raise ValueError(
+                f"config key 'experiments.backprop.data_randomisation.{key}': '{dr[key]}' must "
+                "also be listed in 'experiments.backprop.models'"
+            )
+
 
 DECLARATION = Declaration(
     figures=lambda settings: [*settings["models"], "randomisation"],
     model_references=("sanity.model",),
+    check=_check,
     short=True,
 )
 
 
+def _shuffled(model: Model) -> bool:
+    return bool(model.spec.get("train", {}).get("shuffle_labels"))
+
+
+def saliency_on_object(maps: torch.Tensor, imgs: np.ndarray) -> dict:
+    """Simonyan et al.'s class saliency (|gradient|, max over channels) of images of an item on
+    black: per image, the fraction of the saliency mass on the item (pixels above 0) and the
+    item's share of the image (what a uniform map would put on it)."""
+    sal = maps.abs().amax(1).flatten(1).double()  # (N, H*W)
+    item = torch.as_tensor(np.asarray(imgs).max(-1) > 0).flatten(1).double()
+    mass = (sal * item).sum(1) / sal.sum(1).clamp_min(1e-300)
+    return {"mass_on_item": mass.tolist(), "item_area": item.mean(1).tolist()}
+
+
 def compute(
-    models: dict[str, Model], *, images: int, sanity: dict, probe: Probe, device
+    models: dict[str, Model],
+    *,
+    images: int,
+    sanity: dict,
+    claim_images: int = 64,
+    data_randomisation: dict | None = None,
+    probe: Probe,
+    device,
 ) -> Computed:
     """Each model's class maps of `images` labelled images under the three rules and their
-    sharpness (Gini); then `sanity['model']`'s layers re-initialised one by one from the top,
-    and the rank correlation of each rule's maps with the trained model's."""
+    sharpness (Gini); for models of items on black, the share of the class saliency on the item
+    over `claim_images` images; then `sanity['model']`'s layers re-initialised one by one from
+    the top, and the rank correlation of each rule's maps with the trained model's; and the same
+    correlation with the maps of the same net trained on permuted labels
+    (`data_randomisation`)."""
     rules = list(RULES)
-    metrics: dict = {"models": {}}
+    metrics: dict = {"models": {}, "saliency_on_object": {}}
     shown, loaded = {}, {}
     for name, model in models.items():
         m = loaded[name] = load(model, probe, device)
@@ -48,6 +97,12 @@ def compute(
             "images": len(imgs),
             "median_gini": {r: float(gini(magnitude(maps[r])).median()) for r in rules},
         }
+        if _shuffled(model):
+            metrics["models"][name]["note"] = "trained on permuted labels"
+        elif model.spec.get("dataset") in ON_BLACK:
+            imgs, classes = class_images(m, claim_images, device)
+            grads = project(m.model, inputs(m, imgs, device), None, classes.to(device), "gradient")
+            metrics["saliency_on_object"][name] = saliency_on_object(grads[0].cpu(), imgs)
     name, top = sanity["model"], sanity["randomise_top"]
     m = loaded[name]
     top_down = list(reversed(list(zoo()[m.arch]["layers"].items())))
@@ -62,8 +117,41 @@ def compute(
         "images": len(imgs),
         "randomised": [f"{layer} and above" for layer, _ in top_down],
         "mean_spearman": {r: sims[r].mean(1).tolist() for r in rules},
+        "spearman_at_top": {r: sims[r][top - 1].tolist() for r in rules},
     }
-    return Computed(metrics, {"shown": shown, "randomise_top": top})
+    if data_randomisation:
+        metrics["data_randomisation"] = _data_randomisation(
+            loaded[data_randomisation["model"]],
+            loaded[data_randomisation["shuffled"]],
+            data_randomisation,
+            rules,
+            device,
+        )
+    specs = {n: m.spec for n, m in models.items()}
+    data = {"shown": shown, "randomise_top": top, "specs": specs, "seed": probe.seed}
+    return Computed(metrics, data)
+
+
+def _data_randomisation(m, shuffled, settings: dict, rules: list[str], device) -> dict:
+    """Per rule and image, the Spearman correlation of the map of the trained model with the
+    map of the same net trained on permuted labels, on the trained model's labelled images."""
+    imgs, classes = class_images(m, settings.get("images", 32), device)
+    classes = classes.to(device)
+    with gradients_on():
+        sims = {
+            r: rank_similarity(
+                project(m.model, inputs(m, imgs, device), None, classes, r)[0],
+                project(shuffled.model, inputs(shuffled, imgs, device), None, classes, r)[0],
+            ).tolist()
+            for r in rules
+        }
+    return {
+        "model": settings["model"],
+        "shuffled": settings["shuffled"],
+        "images": len(imgs),
+        "spearman": sims,
+        "mean_spearman": {r: float(np.mean(v)) for r, v in sims.items()},
+    }
 
 
 def figures(result: Computed, figure_dir) -> None:
@@ -96,15 +184,98 @@ def figures(result: Computed, figure_dir) -> None:
     fig.save(f, figure_dir / "randomisation.png")
 
 
+def _paired_difference(a, b, axis=-1):
+    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+
+
+def _guided_minus_backprop(sims: dict, seed: int) -> dict:
+    """Mean over images of guided backprop's similarity minus backprop's, with its 95% paired
+    bootstrap interval over images."""
+    g = np.asarray(sims["guided_backprop"], dtype=np.float64)
+    b = np.asarray(sims["backprop"], dtype=np.float64)
+    return stats.estimate(
+        float(g.mean() - b.mean()),
+        stats.bootstrap((g, b), _paired_difference, seed=seed, paired=True),
+    )
+
+
+def _train_text(spec: dict) -> str:
+    t = spec.get("train", {})
+    n = t.get("max_train_images")
+    args = " ".join(f"{k}={v}" for k, v in spec.get("arch_args", {}).items())
+    return (
+        f"{spec.get('arch', '?')}{' ' + args if args else ''} on {spec.get('dataset', '?')}, "
+        f"{t.get('epochs', '?')} epoch(s)" + (f" on {n} images" if n else "")
+    )
+
+
 def claims(result: Computed) -> dict:
-    sanity, top = result.metrics["sanity"], result.data["randomise_top"]
+    metrics, top = result.metrics, result.data["randomise_top"]
+    specs = result.data.get("specs", {})
+    seed = result.data.get("seed", 0)
+    sanity = metrics["sanity"]
     at = {r: v[top - 1] for r, v in sanity["mean_spearman"].items()}
-    return {
-        "guided_insensitive_to_randomisation": {
-            "value": at["guided_backprop"] - at["backprop"],
-            "ours": f"{sanity['model']}, top {top} layers re-initialised "
+    name = sanity["model"]
+    out = {
+        "guided_insensitive_to_randomisation": stats.claim(
+            {name: _guided_minus_backprop(sanity["spearman_at_top"], seed)},
+            f"{name}, top {top} layers re-initialised "
             f"({sanity['randomised'][top - 1]}): mean Spearman with the trained model's map: "
             f"guided {at['guided_backprop']:.2f}, backprop {at['backprop']:.2f}, deconvnet "
             f"{at['deconvnet']:.2f} ({sanity['images']} images)",
-        }
+            f"{name} ({_train_text(specs.get(name, {}))}), {sanity['images']} images, top {top} "
+            "layers re-initialised; the paper: Inception v3 on ImageNet",
+        )
     }
+    dr = metrics.get("data_randomisation")
+    if dr is None:
+        out["guided_insensitive_to_label_randomisation"] = {
+            "na": "no model trained on permuted labels in this profile "
+            "(experiments.backprop.data_randomisation)",
+            "conditions": "",
+        }
+    else:
+        mean = dr["mean_spearman"]
+        out["guided_insensitive_to_label_randomisation"] = stats.claim(
+            {dr["model"]: _guided_minus_backprop(dr["spearman"], seed)},
+            f"{dr['model']} vs {dr['shuffled']} (permuted labels): mean Spearman of the maps: "
+            f"guided {mean['guided_backprop']:.2f}, backprop {mean['backprop']:.2f}, deconvnet "
+            f"{mean['deconvnet']:.2f} ({dr['images']} images)",
+            f"{dr['model']} ({_train_text(specs.get(dr['model'], {}))}) vs {dr['shuffled']} "
+            f"({_train_text(specs.get(dr['shuffled'], {}))}, labels permuted); the paper: "
+            "MNIST and CIFAR-10 nets trained to memorise the permuted labels",
+        )
+    parts, left = {}, {}
+    for n, s in metrics["saliency_on_object"].items():
+        mass = np.asarray(s["mass_on_item"])
+        area = np.asarray(s["item_area"])
+        parts[n] = stats.estimate(
+            float(mass.mean()),
+            stats.bootstrap(mass, seed=seed),
+            null=float(area.mean()),
+            null_interval=stats.bootstrap(area, seed=seed),
+        )
+    for n, e in metrics["models"].items():
+        if n not in parts:
+            left[n] = (
+                e.get("note") or f"{specs.get(n, {}).get('dataset') or 'photos'}: no item mask"
+            )
+    ours = "; ".join(
+        f"{n}: {p['value']:.0%} of the saliency on the item, which covers {p['null']:.0%} of "
+        f"the image ({len(metrics['saliency_on_object'][n]['mass_on_item'])} images)"
+        for n, p in parts.items()
+    )
+    conditions = (
+        f"{', '.join(parts) or 'no model'} on Fashion-MNIST items on black (item = pixels above "
+        "0), not ImageNet photos; "
+        + ", ".join(f"{n}: {_train_text(specs.get(n, {}))}" for n in parts)
+    )
+    if parts:
+        out["saliency_on_object"] = stats.claim(parts, ours, conditions, left_out=left)
+    else:
+        out["saliency_on_object"] = {
+            "na": "no model of items on black in this profile (no object mask on photos); "
+            + "; ".join(f"{n}: {w}" for n, w in left.items()),
+            "conditions": conditions,
+        }
+    return out

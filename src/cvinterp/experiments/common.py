@@ -12,14 +12,15 @@ top to bottom:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 from tqdm import tqdm
 
+from cvinterp import stats
 from cvinterp.data import dataset_kwargs, load_images, photos
 from cvinterp.data.images import ImageData
 from cvinterp.data.probe import (
@@ -306,30 +307,48 @@ def projections(
 # --- claims --------------------------------------------------------------------------------
 
 
-def weakest_difference(per_model: dict[str, float], what: str, fmt: str = ".3f") -> dict:
-    """A claim over several models: the weakest model decides (min of the differences)."""
-    if not per_model:
-        return {"na": f"no model with {what}"}
-    text = "; ".join(f"{n}: {v:+{fmt}}" for n, v in per_model.items())
-    return {"value": min(per_model.values()), "ours": text}
+def model_conditions(model: Model, probe_text: str, n: int | None = None) -> str:
+    """How a model and its probe depart from a paper's setting, in a few words: the claims'
+    `conditions` (architecture, training budget or weights, the probe, the images used)."""
+    spec = model.spec
+    if "train" in spec:
+        t = spec["train"]
+        size = f", {t['max_train_images']} training images" if t.get("max_train_images") else ""
+        how = f"{spec['arch']} {spec.get('arch_args', {})}, {t['epochs']} epoch(s){size}"
+    elif spec.get("weights"):
+        how = f"{spec['arch']} ({spec['weights']} ImageNet weights)"
+    else:
+        how = spec.get("arch", "?")
+    used = "" if n is None else f", {n} used"
+    return f"{model.name}: {how}; probe {probe_text}{used}"
 
 
-def depth_trend(errors: list[float]) -> float:
-    """Spearman correlation of an error with layer depth (1: it grows with every layer)."""
-    if len(errors) < 3:
-        return float(np.sign(errors[-1] - errors[0])) if len(errors) == 2 else float("nan")
-    return float(spearmanr(np.arange(len(errors)), errors).statistic)
-
-
-def trend_claim(per_model: dict[str, dict[str, float]], what: str) -> dict:
-    """The weakest model's depth trend of an error given per layer, shallow to deep."""
-    per_model = {n: e for n, e in per_model.items() if len(e) >= 2}
-    if not per_model:
-        return {"na": "no model with two or more layers"}
-    trend = {n: depth_trend(list(e.values())) for n, e in per_model.items()}
-    ours = "; ".join(
-        f"{n}: Spearman {trend[n]:+.2f} over "
-        + ", ".join(f"{layer} {v:.3f}" for layer, v in e.items())
-        for n, e in per_model.items()
+def _depth_statistic(*per_layer, axis=-1):
+    """Spearman correlation between layer depth (the arrays' order) and each layer's mean over
+    the (resampled) images: the statistic of `stats.bootstrap(..., paired=True)`."""
+    means = np.stack([np.mean(a, axis=axis) for a in per_layer])  # (layers, ...)
+    depth = np.broadcast_to(
+        np.arange(len(per_layer)).reshape((-1,) + (1,) * (means.ndim - 1)), means.shape
     )
-    return {"value": min(trend.values()), "ours": f"{what} — {ours}"}
+    return stats.spearman(np.moveaxis(depth, 0, -1), np.moveaxis(means, 0, -1), axis=-1)
+
+
+def depth_trend(per_layer: list, seed: int = 0) -> dict:
+    """The estimate of "an error grows with depth": Spearman's correlation between layer depth
+    (shallow to deep) and the layer's mean error over images, with a 95% bootstrap interval
+    over the images (each resample keeps an image's errors at every layer together).
+
+    One image has no interval over images: its null is then the rank correlation of the layers
+    in a random order (every order of the n layers, central 95%), so a trend over a few layers
+    of one image cannot pass on luck (over 3 or 4 layers, +1 is within that null)."""
+    arrays = tuple(np.asarray(a, dtype=np.float64) for a in per_layer)
+    value = float(_depth_statistic(*arrays))
+    if len(arrays[0]) < 2:
+        orders = np.array(list(itertools.permutations(range(len(arrays)))), dtype=np.float64)
+        rho = stats.spearman(orders, np.broadcast_to(np.arange(len(arrays)), orders.shape))
+        null = (
+            float(np.quantile(rho, 0.025, method="lower")),
+            float(np.quantile(rho, 0.975, method="higher")),
+        )
+        return stats.estimate(value, null=0.0, null_interval=null)
+    return stats.estimate(value, stats.bootstrap(arrays, _depth_statistic, seed=seed, paired=True))

@@ -9,6 +9,7 @@ from scipy.ndimage import sobel
 from scipy.stats import spearmanr
 
 from cvinterp import figures as fig
+from cvinterp import stats
 from cvinterp.experiments.common import (
     Computed,
     Declaration,
@@ -16,10 +17,10 @@ from cvinterp.experiments.common import (
     Probe,
     layer_tops,
     load,
+    model_conditions,
     projections,
     spread,
     top_activations_of,
-    weakest_difference,
 )
 from cvinterp.methods.backward import magnitude, to_image
 
@@ -58,12 +59,15 @@ def compute(
     activations, and how well they follow the image's edges with switches and (nets with
     max-pooling) with unpooling spread evenly instead."""
     metrics: dict = {"models": {}}
-    shown = {}
+    shown, pairs, conditions = {}, {}, {}
     for name, model in models.items():
         m = load(model, probe, device)
         n, per_layer = layer_tops(m, model.settings["layers"], k, max_images)
         pooled = _has_maxpool(m.model)
         info = {"probe": m.images.description, "images": n, "has_maxpool": pooled, "layers": {}}
+        conditions[name] = (
+            model_conditions(model, m.images.description, n) + f", {units} units x top-{k}"
+        )
         shown[name] = []
         for lt in per_layer:
             chosen = spread(lt.tops.values.shape[1], units)
@@ -77,8 +81,17 @@ def compute(
             }
             if pooled:
                 flat = projections(m, lt, top, "deconvnet", "uniform")
-                edges = edge_correlation(top.images, flat, top.box)
-                layer_info["edge_correlation_no_switches"] = float(np.mean(edges))
+                flat_edges = edge_correlation(top.images, flat, top.box)
+                layer_info["edge_correlation_no_switches"] = float(np.mean(flat_edges))
+                # the null: each projection against another top image's edges (same box)
+                other = np.roll(top.images, 1, axis=0)
+                pairs[name] = {
+                    "layer": lt.layer,
+                    "switches": edges,
+                    "no_switches": flat_edges,
+                    "switches_other_image": edge_correlation(other, maps, top.box),
+                    "no_switches_other_image": edge_correlation(other, flat, top.box),
+                }  # the last (deepest) layer stays
             info["layers"][lt.layer] = layer_info
             shown[name].append(
                 {
@@ -91,7 +104,8 @@ def compute(
             )
         metrics["models"][name] = info
     layers = {n: m.settings["layers"] for n, m in models.items()}
-    return Computed(metrics, {"shown": shown, "k": k, "layers": layers})
+    data = {"shown": shown, "k": k, "layers": layers, "pairs": pairs}
+    return Computed(metrics, {**data, "conditions": conditions, "seed": probe.seed})
 
 
 def figures(result: Computed, figure_dir) -> None:
@@ -120,13 +134,45 @@ def figures(result: Computed, figure_dir) -> None:
         )
 
 
+def _paired_difference(a, b, axis=-1):
+    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+
+
+def switch_gain(p: dict, seed: int) -> dict:
+    """Mean over unit-image pairs of the edge correlation with switches minus without, its 95%
+    paired bootstrap interval over the pairs; the null is the same gain with each projection
+    compared against another top image's edges (a switch gain that is not image-specific)."""
+    value = float(np.mean(p["switches"]) - np.mean(p["no_switches"]))
+    interval = stats.bootstrap(
+        (p["switches"], p["no_switches"]), _paired_difference, seed=seed, paired=True
+    )
+    a, b = p["switches_other_image"], p["no_switches_other_image"]
+    null_interval = stats.bootstrap((a, b), _paired_difference, seed=seed, paired=True)
+    null = float(np.mean(a) - np.mean(b))
+    return stats.estimate(value, interval, null=null, null_interval=null_interval)
+
+
 def claims(result: Computed) -> dict:
-    switch_gain = {}
-    for name, layers in result.data["layers"].items():
-        info = result.metrics["models"][name]
-        deepest = info["layers"][layers[-1]]
-        if info["has_maxpool"]:
-            switch_gain[name] = (
-                deepest["edge_correlation_switches"] - deepest["edge_correlation_no_switches"]
-            )
-    return {"switches_keep_image_structure": weakest_difference(switch_gain, "max-pooling")}
+    """switches_keep_image_structure: one part per max-pooling net (its deepest shown layer),
+    the weakest decides."""
+    parts, left_out, ours, conditions = {}, {}, [], []
+    seed = result.data.get("seed", 0)
+    for name in result.data["layers"]:
+        conditions.append(result.data["conditions"][name])
+        p = result.data["pairs"].get(name)
+        if p is None:
+            left_out[name] = "no max-pooling: nothing to switch"
+            continue
+        est = parts[name] = switch_gain(p, seed)
+        lo, hi = est["interval"]
+        ours.append(
+            f"{name} {p['layer']}: edge correlation {np.mean(p['switches']):.3f} with switches vs "
+            f"{np.mean(p['no_switches']):.3f} without, gain {est['value']:+.3f} [{lo:+.3f}, "
+            f"{hi:+.3f}] over {len(p['switches'])} unit-image pairs; against another image's "
+            f"edges {est['null']:+.3f}"
+        )
+    return {
+        "switches_keep_image_structure": stats.claim(
+            parts, "; ".join(ours), "; ".join(conditions), left_out=left_out
+        )
+    }

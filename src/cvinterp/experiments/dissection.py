@@ -2,11 +2,14 @@
 randomly initialised copy, on a probe set in the Broden layout (the offline stand-in or the real
 Broden): detector counts by category under both counting rules, the top units with their concept
 masks, one per-unit table per model in the layout of the authors' released results, and (paper
-profile) the comparison with those released results."""
+profile) the comparison with those released results. The claims resample each count over the
+dissected layer's units (the per-unit detections `compute` keeps) and judge it against a null
+measured in the same run."""
 
 from __future__ import annotations
 
 import csv
+import zlib
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import torch
 import yaml
 
 from cvinterp import figures as fig
+from cvinterp import stats
 from cvinterp.data.broden import BrodenDataset
 from cvinterp.experiments.common import Computed, Declaration, Model, Probe
 from cvinterp.methods import dissection as nd
@@ -145,6 +149,49 @@ def _against_released(
     return out
 
 
+def _released_units(
+    res: nd.LayerDissection,
+    concepts: nd.Concepts,
+    ref: dict,
+    released: dict,
+    folder: Path,
+    threshold: float,
+) -> dict | None:
+    """Where the released net itself was dissected (`same_weights`): our best label of every
+    unit, and the released label of each released detector unit (0-based units), for the
+    unit-by-unit comparison and its null (`_unit_labels`)."""
+    if not ref.get("same_weights"):
+        return None
+    labels = _released_labels(folder, released[ref["trained"]])
+    if labels is None:
+        return None
+    ours = [concepts.names[c] for c in res.labels.best]
+    theirs = {u - 1: name for u, (name, s) in labels.items() if s > threshold and u - 1 < len(ours)}
+    return {"ours": ours, "theirs": theirs}
+
+
+def _detected(labels: nd.UnitLabels, threshold: float) -> np.ndarray:
+    """(U, K) int: each unit's best concept in each category where its IoU passes the
+    threshold, else -1: what the per-category rule counts (`nd.count_detectors`), kept per unit
+    so that the claims can resample the units."""
+    return np.where(labels.per_category_iou > threshold, labels.per_category, -1)
+
+
+def _described(name: str, model: Model, images: int, concepts: int) -> str:
+    """How a dissected model and its probe depart from the paper's (CaffeNet and others trained
+    on ImageNet or Places, 63k Broden images, 1,197 concepts)."""
+    spec = model.spec
+    if spec.get("weights", "train") == "train":
+        train = spec.get("train", {})
+        net = f"{spec.get('arch')} trained here on {spec.get('dataset')}"
+        if "epochs" in train:
+            epochs = train["epochs"]
+            net += f" ({epochs} epoch{'' if epochs == 1 else 's'})"
+    else:
+        net = f"{spec.get('arch')} ({spec.get('weights')} weights)"
+    return f"{name}: {net}, {images} probe images, {concepts} concepts"
+
+
 def _concept_mask(ds: BrodenDataset, concepts: nd.Concepts, index: int, concept: int):
     planes, _ = concepts.planes(ds.item(index, image=False))
     return (planes == concept + 1).any(0) if len(planes) else None
@@ -267,6 +314,7 @@ def compute(
         "models": {},
     }
     tables, shown, categories = {}, {}, []
+    detected, described, same_units = {}, {}, {}
     for name, model in models.items():
         ds = BrodenDataset(model.data["probe"])
         concepts = nd.Concepts.of(ds)
@@ -311,7 +359,11 @@ def compute(
         res = run(trained, "trained", layers, turns, **options)
         kept = {("trained", la): res[paths[la]] for la in layers}
         rows = []
+        det = {"categories": list(concepts.categories), "trained": {}, "random": {}}
+        det["alpha"], det["step"] = {}, {}
+        detected[name] = det
         for la in layers:
+            det["trained"][la] = _detected(kept["trained", la].labels, iou_threshold)
             out["layers"][la] = {"trained": _summary(kept["trained", la], concepts, iou_threshold)}
             fm = kept["trained", la].fieldmap
             out["layers"][la]["fieldmap"] = None if fm is None else [list(v) for v in fm]
@@ -326,11 +378,15 @@ def compute(
                     for a in rotations
                 },
             }
+            det["alpha"] = {"0": det["trained"][deepest]} | {
+                f"{a:g}": _detected(res[f"alpha={a:g}"].labels, iou_threshold) for a in rotations
+            }
         seeds = {}
         for i in range(random_copies):
             seed = probe.seed + i
             chosen = layers if i == 0 else [deepest]
             res = run(_random_copy(ckpt, seed, device), f"random seed {seed}", chosen, **options)
+            det["random"][str(seed)] = _detected(res[paths[deepest]].labels, iou_threshold)
             if i == 0:
                 for la in layers:
                     out["layers"][la]["random"] = _summary(res[paths[la]], concepts, iou_threshold)
@@ -347,6 +403,7 @@ def compute(
                 out["snapshots"]["step"][str(step)] = _counts(
                     res[paths[deepest]], concepts, iou_threshold
                 )
+                det["step"][str(step)] = _detected(res[paths[deepest]].labels, iou_threshold)
             out["snapshots"]["end"] = _brief(out["layers"][deepest]["trained"])
             out["snapshots"]["end_step"] = ckpt["meta"].get("steps")  # the trained net's
         references = model.settings.get("references", {})
@@ -354,6 +411,11 @@ def compute(
             released = Path(model.data["released"])
             doc = yaml.safe_load(released.read_text())
             for layer, ref in references.items():
+                units = _released_units(
+                    kept["trained", layer], concepts, ref, doc, released.parent, iou_threshold
+                )
+                if units is not None:
+                    same_units[f"{name} {layer}"] = units
                 out["layers"][layer]["released"] = _against_released(
                     out["layers"][layer],
                     kept["trained", layer],
@@ -364,6 +426,7 @@ def compute(
                     iou_threshold,
                 )
         tables[name] = rows
+        described[name] = _described(name, model, len(ds), len(concepts))
         shown[name] = {
             "layer": deepest,
             "units": _top_units(
@@ -386,6 +449,11 @@ def compute(
         "categories": categories,
         "layers": {n: m.settings["layers"] for n, m in models.items()},
         "weights": ["trained", "random"] if random_copies else ["trained"],
+        # what the claims resample: per model, each dissected net's detections (`_detected`)
+        "detected": detected,
+        "described": described,
+        "same_units": same_units,
+        "seed": probe.seed,
     }
     return Computed(metrics, data)
 
@@ -560,145 +628,374 @@ def _top_units_figure(name: str, s: dict, path: Path) -> None:
     fig.save(f, path)
 
 
-def _weakest(values: dict[str, float], parts: list[str], what: str, missing: str) -> dict:
-    """A claim over several models: the weakest model decides."""
-    if not values:
-        return {"na": missing}
-    return {"value": min(values.values()), "ours": "; ".join(parts) + f" ({what})"}
+# --- the claims ------------------------------------------------------------------------------
+#
+# Every count of unique detectors (per-category rule) is resampled over the dissected layer's
+# units: each unit with its best concept and IoU in each category, N_RESAMPLES resamples with
+# replacement, seeded by the probe seed and the count's name (the same run gives the same
+# intervals). A resample repeats some units and misses others (about 37%), which by itself
+# lowers a count of *distinct* concepts; so the 95% interval is the resamples' percentile
+# interval shifted by their mean's shortfall from the observed value (a bias-corrected
+# percentile interval): the spread that the choice of units gives, centred on what was measured.
 
 
-def _trained_vs_random(per_model: dict, layers: dict) -> dict:
-    """Trained unique detectors over the most any random initialisation reaches (at least
-    FLOOR)."""
-    values, parts = {}, []
-    for name, out in per_model.items():
-        seeds = out.get("random_seeds", {}).get("seed", {})
-        if not seeds:
-            continue
-        deepest = layers[name][-1]
-        trained = out["layers"][deepest]["trained"]["per_category"]["unique"]
-        randoms = [v["per_category"] for v in seeds.values()]
-        values[name] = trained / max(FLOOR, *randoms)
-        parts.append(
-            f"{name} {deepest}: {trained} trained vs {'/'.join(map(str, randoms))} random "
-            f"(seeds {', '.join(seeds)})"
-        )
-    return _weakest(
-        values,
-        parts,
-        "unique detectors, per-category rule; value = trained / the most of any random "
-        f"initialisation, at least {FLOOR}",
-        "random_copies is 0",
+def _rng(seed: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(key.encode())])
+
+
+def _category_counts(detected: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Unique detectors by category, (B, K), of the units weighted by each row of `weights`
+    (B, U): a concept counts where a unit of positive weight detects it."""
+    detected = np.asarray(detected)
+    k = detected.shape[1]
+    units, cats = np.nonzero(detected >= 0)
+    if not len(units):
+        return np.zeros((len(weights), k), np.int64)
+    pairs = np.stack([cats, detected[units, cats]], 1)
+    keys, column = np.unique(pairs, axis=0, return_inverse=True)
+    hits = np.zeros((detected.shape[0], len(keys)))
+    hits[units, column.ravel()] = 1.0
+    present = (np.asarray(weights, np.float64) @ hits) > 0
+    return np.stack([present[:, keys[:, 0] == j].sum(1) for j in range(k)], 1)
+
+
+def _by_category(detected: np.ndarray, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Unique detectors by category of a layer (K,), and of N_RESAMPLES resamples of its
+    units (B, K)."""
+    n = len(detected)
+    observed = _category_counts(detected, np.ones((1, n)))[0]
+    if not n:
+        return observed, np.tile(observed, (stats.N_RESAMPLES, 1))
+    b = stats.N_RESAMPLES
+    drawn = _rng(seed, key).integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]
+    weights = np.bincount(drawn.ravel(), minlength=b * n).reshape(b, n)  # times drawn
+    return observed, _category_counts(detected, weights)
+
+
+def _count(detected: np.ndarray) -> int:
+    """Unique detectors of a layer (per-category rule), without resampling."""
+    return int(_category_counts(detected, np.ones((1, len(detected))))[0].sum())
+
+
+def _unique(detected: np.ndarray, seed: int, key: str) -> tuple[int, np.ndarray]:
+    """Unique detectors of a layer, and of N_RESAMPLES resamples of its units."""
+    observed, resampled = _by_category(detected, seed, key)
+    return int(observed.sum()), resampled.sum(1)
+
+
+def _interval(value: float, resampled: np.ndarray) -> tuple[float, float]:
+    """The 95% interval of `value` from its resamples over units: their percentile interval
+    shifted by their mean's departure from the value (the shortfall that repeated units give a
+    count of distinct concepts); the degenerate [v, v] where the resamples do not vary."""
+    r = np.asarray(resampled, np.float64)
+    r = r[np.isfinite(r)]
+    if r.size < 2 or np.ptp(r) == 0:
+        return (float(value), float(value))
+    tail = 100 * (1 - stats.LEVEL) / 2
+    lo, hi = np.percentile(r, [tail, 100 - tail]) - (r.mean() - value)
+    return (float(min(lo, value)), float(max(hi, value)))
+
+
+def _fmt_iv(iv) -> str:
+    return f"[{iv[0]:.3g}, {iv[1]:.3g}]"
+
+
+def _over_null(count: tuple[int, np.ndarray], nulls: list[tuple[int, np.ndarray]]) -> dict:
+    """A count of unique detectors against counts of the null nets, in units of the null's
+    reach: the count and its interval over the units divided by the upper end of the null's
+    interval (the highest over the null nets' intervals), at least FLOOR; the null is the null
+    nets' mean count, its interval from the lowest to the highest of their intervals, divided
+    alike. A value over t means the trained count's interval lies above t times anything the
+    null reaches."""
+    value, resampled = count
+    iv = _interval(value, resampled)
+    null_ivs = [_interval(v, r) for v, r in nulls]
+    den = max(FLOOR, max(hi for _, hi in null_ivs))
+    return stats.estimate(
+        value / den,
+        (iv[0] / den, iv[1] / den),
+        null=float(np.mean([v for v, _ in nulls])) / den,
+        null_interval=(min(lo for lo, _ in null_ivs) / den, max(hi for _, hi in null_ivs) / den),
     )
 
 
-def _rotation(per_model: dict) -> dict:
-    """Unique detectors of the fully rotated basis over the unrotated one (the weakest model:
-    the largest ratio)."""
-    values, parts, skipped = {}, [], []
-    for name, out in per_model.items():
-        alpha = out.get("rotations", {}).get("alpha", {})
+def _conditions(result: Computed, names, extra: str = "") -> str:
+    """How this run departs from the paper's setting: the probe, the nets, and `extra`."""
+    probe = result.metrics.get("probe")
+    where = {"standin": "stand-in concept probe, not Broden", "broden": "Broden"}.get(probe, probe)
+    described = result.data.get("described", {})
+    text = "; ".join([where, *(described.get(n, n) for n in names)] + ([extra] if extra else []))
+    return text
+
+
+def _detections(result: Computed, name: str) -> dict:
+    return result.data["detected"][name]
+
+
+def _trained_vs_random(result: Computed) -> dict:
+    """Per model, the deepest layer's unique detectors over the reach of its random
+    initialisations (`_over_null`; the paper: 61 vs 2)."""
+    layers, seed = result.data["layers"], result.data.get("seed", 0)
+    parts, texts, names = {}, [], []
+    for name in result.metrics["models"]:
+        det = _detections(result, name)
+        if not det["random"]:
+            continue
+        deepest = layers[name][-1]
+        trained = _unique(det["trained"][deepest], seed, f"{name} {deepest} trained")
+        randoms = [
+            _unique(a, seed, f"{name} {deepest} random {s}") for s, a in det["random"].items()
+        ]
+        parts[name] = est = _over_null(trained, randoms)
+        names.append(name)
+        texts.append(
+            f"{name} {deepest}: {trained[0]} trained {_fmt_iv(_interval(*trained))} vs "
+            + "/".join(str(v) for v, _ in randoms)
+            + f" random (seeds {', '.join(det['random'])}); ratio {est['value']:.2f}"
+        )
+    copies = {len(_detections(result, n)["random"]) for n in names}
+    return stats.claim(
+        parts,
+        "; ".join(texts) + " (unique detectors, per-category rule; value = trained / the upper "
+        f"end of the random initialisations' intervals, at least {FLOOR}; intervals over units)",
+        _conditions(result, names, f"{'/'.join(map(str, sorted(copies)))} random initialisations"),
+        left_out={} if parts else {"random copies": "random_copies is 0"},
+    )
+
+
+def _rotation(result: Computed) -> dict:
+    """Per model, unique detectors of the fully rotated deepest layer over the unrotated
+    layer's; null: the unrotated layer over an independent resample of itself (1, with the
+    spread that resampling the units alone gives)."""
+    seed = result.data.get("seed", 0)
+    parts, texts, left_out, names = {}, [], {}, []
+    for name, out in result.metrics["models"].items():
+        alpha = _detections(result, name).get("alpha", {})
         if "1" not in alpha:
             continue
-        base, turned = alpha["0"]["per_category"], alpha["1"]["per_category"]
-        trend = " -> ".join(f"{v['per_category']}" for v in alpha.values())
+        layer = out["rotations"]["layer"]
+        base, base_r = _unique(alpha["0"], seed, f"{name} {layer} alpha 0")
+        turned, turned_r = _unique(alpha["1"], seed, f"{name} {layer} alpha 1")
+        trend = " -> ".join(str(_count(a)) for a in alpha.values())
         if base < MIN_UNROTATED:
-            skipped.append(f"{name}: {base} unrotated detectors, too few to judge a drop")
+            left_out[name] = (
+                f"{base} unrotated detectors at {layer}, fewer than {MIN_UNROTATED}: too few "
+                "to judge a drop"
+            )
             continue
-        values[name] = turned / base
-        parts.append(f"{name} {out['rotations']['layer']}: {trend} at alpha {', '.join(alpha)}")
-    if not values:
-        return {"na": "; ".join(skipped) or "rotations do not include alpha = 1"}
-    worst = max(values, key=values.get)
-    return {
-        "value": values[worst],
-        "ours": "; ".join(parts + skipped)
-        + " (unique detectors, per-category rule; value = full rotation / unrotated, the "
-        "largest ratio decides)",
-    }
-
-
-def _training(per_model: dict) -> dict:
-    """Unique detectors of the trained net over those of its first snapshot (at least
-    FLOOR)."""
-    values, parts = {}, []
-    for name, out in per_model.items():
-        snaps = out.get("snapshots")
-        if not snaps:
-            continue
-        steps = snaps["step"]
-        first = steps[min(steps, key=int)]["per_category"]
-        end = snaps["end"]["per_category"]
-        values[name] = end / max(FLOOR, first)
-        trend = ", ".join(f"{k}: {steps[k]['per_category']}" for k in sorted(steps, key=int))
-        parts.append(
-            f"{name} {snaps['layer']} by step: {trend}, end (step {snaps.get('end_step')}): {end}"
+        _, again = _unique(alpha["0"], seed, f"{name} {layer} alpha 0 again")
+        parts[name] = stats.estimate(
+            turned / base,
+            _interval(turned / base, turned_r / np.maximum(base_r, 1)),
+            null=1.0,
+            null_interval=_interval(1.0, again / np.maximum(base_r, 1)),
         )
-    return _weakest(
-        values,
+        names.append(name)
+        texts.append(f"{name} {layer}: {trend} at alpha {', '.join(alpha)}")
+    if not parts and not left_out:
+        return {"na": "rotations do not include alpha = 1", "conditions": _conditions(result, [])}
+    return stats.claim(
         parts,
-        f"unique detectors, per-category rule; value = end / first snapshot, at least {FLOOR}",
-        "no dissected model keeps training snapshots (models.<model>.train.snapshots; "
-        "imported nets have none)",
+        "; ".join(texts + [f"{n}: {w}" for n, w in left_out.items()])
+        + " (unique detectors, per-category rule; value = full rotation / unrotated, interval "
+        "over units; null: the unrotated layer over a resample of itself)",
+        _conditions(result, names or list(left_out), "one random rotation Q (as the paper)"),
+        left_out=left_out,
+    )
+
+
+def _training(result: Computed) -> dict:
+    """Per model, the trained deepest layer's unique detectors over the reach of its first
+    training snapshot (the initialisation: the null)."""
+    seed = result.data.get("seed", 0)
+    parts, texts, names = {}, [], []
+    for name, out in result.metrics["models"].items():
+        snaps = out.get("snapshots")
+        steps = _detections(result, name).get("step", {})
+        if not snaps or not steps:
+            continue
+        layer, first = snaps["layer"], min(steps, key=int)
+        end = _unique(_detections(result, name)["trained"][layer], seed, f"{name} {layer} end")
+        init = _unique(steps[first], seed, f"{name} {layer} step {first}")
+        parts[name] = est = _over_null(end, [init])
+        names.append(name)
+        trend = ", ".join(f"{k}: {_count(steps[k])}" for k in sorted(steps, key=int))
+        texts.append(
+            f"{name} {layer} by step: {trend}, end (step {snaps.get('end_step')}): {end[0]} "
+            f"{_fmt_iv(_interval(*end))}; ratio {est['value']:.2f}"
+        )
+    if not parts:
+        return {
+            "na": "no dissected model keeps training snapshots (models.<model>.train.snapshots; "
+            "imported nets have none)",
+            "conditions": _conditions(result, []),
+        }
+    budget = ", ".join(
+        f"{n} {result.metrics['models'][n]['snapshots'].get('end_step')} steps" for n in names
+    )
+    return stats.claim(
+        parts,
+        "; ".join(texts) + " (unique detectors, per-category rule; value = end / the upper end "
+        f"of the first snapshot's interval, at least {FLOOR}; intervals over units)",
+        _conditions(result, names, f"training {budget} (the paper: 2.4M iterations)"),
+    )
+
+
+def _high_share(counts: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The share of high-level categories among unique detectors ((..., K) counts); NaN where
+    there are none."""
+    total = counts.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, counts[..., high].sum(-1) / total, np.nan)
+
+
+def _depth(result: Computed) -> dict:
+    """Per model, the share of object/part/scene/material among the unique detectors, deepest
+    minus shallowest layer; interval over the units of both layers (resampled apart); null: the
+    units of the two layers pooled and dealt back at random (N_RESAMPLES permutations)."""
+    layers, seed = result.data["layers"], result.data.get("seed", 0)
+    parts, texts, left_out, names = {}, [], {}, []
+    for name in result.metrics["models"]:
+        if len(layers[name]) < 2:
+            left_out[name] = f"one dissected layer ({layers[name][0]}): no depth to compare"
+            continue
+        det = _detections(result, name)
+        high = np.array([c in HIGH_LEVEL for c in det["categories"]])
+        ends = (layers[name][0], layers[name][-1])
+        counts = {la: _by_category(det["trained"][la], seed, f"{name} {la} trained") for la in ends}
+        empty = [la for la in ends if counts[la][0].sum() == 0]
+        if empty:
+            left_out[name] = (
+                f"{' and '.join(empty)} has no unique detector: its share of high-level ones "
+                "is undefined (0/0), not 0"
+            )
+            continue
+        low, deep = (_high_share(counts[la][0], high) for la in ends)
+        resampled = _high_share(counts[ends[1]][1], high) - _high_share(counts[ends[0]][1], high)
+        pooled = np.concatenate([det["trained"][la] for la in ends])
+        is_deep = np.arange(len(pooled)) >= len(det["trained"][ends[0]])
+        dealt = _rng(seed, f"{name} depth null").permuted(
+            np.tile(is_deep, (stats.N_RESAMPLES, 1)), axis=1
+        )
+        null = _high_share(_category_counts(pooled, dealt), high) - _high_share(
+            _category_counts(pooled, ~dealt), high
+        )
+        null = null[np.isfinite(null)]
+        tail = 100 * (1 - stats.LEVEL) / 2
+        parts[name] = stats.estimate(
+            deep - low,
+            _interval(deep - low, resampled),
+            null=float(null.mean()),
+            null_interval=tuple(np.percentile(null, [tail, 100 - tail])),
+        )
+        names.append(name)
+        texts.append(f"{name} {ends[0]} {low:.2f} -> {ends[1]} {deep:.2f}")
+    return stats.claim(
+        parts,
+        "; ".join(texts) + " (share of object/part/scene/material among unique detectors, "
+        "per-category rule; value = deepest - shallowest, interval over units; null: the two "
+        "layers' units permuted between them)",
+        _conditions(result, names or list(left_out)),
+        left_out=left_out,
+    )
+
+
+def _released_counts(result: Computed) -> dict:
+    """Per dissected layer with a released count: ours over the released one, the interval
+    over our units (the released count is fixed)."""
+    seed = result.data.get("seed", 0)
+    parts, texts, names = {}, [], []
+    for name, out in result.metrics["models"].items():
+        for layer, entry in out["layers"].items():
+            rel = entry.get("released")
+            if not (rel and "per_category_unique" in rel):
+                continue
+            theirs = rel["per_category_unique"]["released"]
+            ours, resampled = _unique(
+                _detections(result, name)["trained"][layer], seed, f"{name} {layer} trained"
+            )
+            iv = _interval(ours, resampled)
+            parts[f"{name} {layer}"] = stats.estimate(
+                ours / theirs, (iv[0] / theirs, iv[1] / theirs)
+            )
+            names.append(name)
+            texts.append(f"{name} {layer}: {ours} {_fmt_iv(iv)} vs {theirs} ({rel['network']})")
+    if not parts:
+        return {
+            "na": "the stand-in probe is not Broden: no released result applies"
+            if result.metrics["probe"] == "standin"
+            else "no dissected layer names a released result "
+            "(experiments.dissection.models.<model>.references)",
+            "conditions": _conditions(result, []),
+        }
+    return stats.claim(
+        parts,
+        "; ".join(texts) + " (unique detectors, per-category rule; value = ours / released, "
+        "interval over our units; the layer furthest from 1 decides)",
+        _conditions(result, dict.fromkeys(names)),
+    )
+
+
+def _unit_labels(result: Computed) -> dict:
+    """Where the released net itself was dissected on Broden: the fraction of the released
+    detector units whose released label is our best label of the unit; interval over those
+    units; null: our labels permuted across the units (the agreement of labels dealt at
+    random with our labels' frequencies)."""
+    seed = result.data.get("seed", 0)
+    same = result.data.get("same_units", {})
+    if result.metrics.get("probe") != "broden" or not same:
+        return {
+            "na": (
+                "the stand-in probe is not Broden: no released net's units are dissected"
+                if result.metrics.get("probe") == "standin"
+                else "no dissected net carries the released net's weights"
+            )
+            + " (references.<layer>.same_weights). The released per-unit labels are of Caffe's "
+            "CaffeNet conv5 and ResNet-152; the paper profile dissects torchvision's AlexNet and "
+            "ResNet-152 (other weights) on Broden and compares the label sets "
+            "(detected_label_jaccard). A profile that dissects the released Caffe weights on "
+            "Broden with same_weights: true measures it",
+            "conditions": _conditions(result, []),
+        }
+    parts, texts, left_out = {}, [], {}
+    tail = 100 * (1 - stats.LEVEL) / 2
+    for key, units in same.items():
+        theirs = units["theirs"]
+        if not theirs:
+            left_out[key] = "the released layer has no detector unit"
+            continue
+        names = sorted(set(units["ours"]) | set(theirs.values()))
+        code = {n: i for i, n in enumerate(names)}
+        ours = np.array([code[n] for n in units["ours"]])
+        which = np.array(sorted(theirs))
+        released = np.array([code[theirs[u]] for u in which])
+        agree = (ours[which] == released).astype(np.float64)
+        dealt = _rng(seed, f"{key} labels null").permuted(
+            np.tile(np.arange(len(ours)), (stats.N_RESAMPLES, 1)), axis=1
+        )
+        null = (ours[dealt[:, which]] == released).mean(1)
+        parts[key] = stats.estimate(
+            agree.mean(),
+            stats.bootstrap(agree, np.mean, seed=seed),
+            null=float(null.mean()),
+            null_interval=tuple(np.percentile(null, [tail, 100 - tail])),
+        )
+        texts.append(f"{key}: {int(agree.sum())} of {len(agree)} released detector units")
+    return stats.claim(
+        parts,
+        "; ".join(texts) + " (our best label = the released label; interval over the released "
+        "detector units; null: our labels permuted across units)",
+        _conditions(result, dict.fromkeys(k.split(" ")[0] for k in same)),
+        left_out=left_out,
     )
 
 
 def claims(result: Computed) -> dict:
-    per_model, layers = result.metrics["models"], result.data["layers"]
-    rising, counts, agreement = {}, {}, {}
-    for name, out in per_model.items():
-        if len(layers[name]) > 1:
-            share = []
-            for layer in (layers[name][0], layers[name][-1]):
-                by_cat = out["layers"][layer]["trained"]["per_category"]["by_category"]
-                total = sum(by_cat.values())
-                high = sum(v for c, v in by_cat.items() if c in HIGH_LEVEL)
-                share.append(high / total if total else None)
-            if None not in share:  # a layer without detectors has no share
-                rising[name] = (share[0], share[1])
-        for layer, entry in out["layers"].items():
-            rel = entry.get("released")
-            if rel and "per_category_unique" in rel:
-                pc = rel["per_category_unique"]
-                counts[f"{name} {layer} vs {rel['network']}"] = (pc["ours"], pc["released"])
-            if rel and "unit_label_agreement" in rel:
-                agreement[f"{name} {layer}"] = rel["unit_label_agreement"]
-    out = {
-        "trained_more_detectors": _trained_vs_random(per_model, layers),
-        "rotation_destroys_detectors": _rotation(per_model),
-        "detectors_rise_with_training": _training(per_model),
-        "high_level_rises_with_depth": _weakest(
-            {n: b - a for n, (a, b) in rising.items()},
-            [
-                f"{n} {layers[n][0]} {a:.2f} -> {layers[n][-1]} {b:.2f}"
-                for n, (a, b) in rising.items()
-            ],
-            "share of object/part/scene/material among unique detectors",
-            "no model with two or more layers that both have detectors",
-        ),
+    return {
+        "trained_more_detectors": _trained_vs_random(result),
+        "rotation_destroys_detectors": _rotation(result),
+        "detectors_rise_with_training": _training(result),
+        "high_level_rises_with_depth": _depth(result),
+        "released_unique_detectors": _released_counts(result),
+        "released_unit_labels": _unit_labels(result),
     }
-    if counts:
-        ratios = {k: o / r for k, (o, r) in counts.items()}
-        worst = max(ratios, key=lambda k: abs(np.log(max(ratios[k], 1e-9))))
-        out["released_unique_detectors"] = {
-            "value": ratios[worst],
-            "ours": "; ".join(f"{k}: {o} vs {r} released" for k, (o, r) in counts.items())
-            + " (per-category rule; the ratio furthest from 1 decides)",
-        }
-    else:
-        out["released_unique_detectors"] = {
-            "na": "the stand-in probe is not Broden: no released result applies"
-            if result.metrics["probe"] == "standin"
-            else "no dissected layer names a released result "
-            "(experiments.dissection.models.<model>.references)"
-        }
-    if agreement:
-        out["released_unit_labels"] = {
-            "value": min(agreement.values()),
-            "ours": "; ".join(f"{k}: {v:.2f}" for k, v in agreement.items()),
-        }
-    else:
-        out["released_unit_labels"] = {
-            "na": "no dissected net has the released net's weights (same_weights)"
-        }
-    return out

@@ -8,8 +8,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import binomtest
 
 from cvinterp import figures as fig
+from cvinterp import stats
 from cvinterp.experiments.common import (
     Computed,
     Declaration,
@@ -17,6 +19,7 @@ from cvinterp.experiments.common import (
     Probe,
     layer_tops,
     load,
+    model_conditions,
     projections,
     spread,
     top_activations_of,
@@ -47,11 +50,15 @@ def compute(
     top-k activations; the sharpness (Gini) of each projection inside the receptive field."""
     rules = list(RULES)
     metrics: dict = {"models": {}}
-    sharpness, shown = {}, {}
+    sharpness, shown, conditions = {}, {}, {}
     for name, model in models.items():
         sharpness[name] = {r: [] for r in rules}
         m = load(model, probe, device)
         n, per_layer = layer_tops(m, model.settings["layers"], k, max_images)
+        conditions[name] = (
+            model_conditions(model, m.images.description, n)
+            + f", {units} units x top-{k} of {', '.join(model.settings['layers'])}"
+        )
         info = {"probe": m.images.description, "images": n, "layers": {}}
         shown[name] = []
         for lt in per_layer:
@@ -90,9 +97,13 @@ def compute(
             "model": test_error_model,
             "dataset": model.spec.get("dataset"),
             "error": 100 * (1 - trained["test_accuracy"]),
+            "n_test": trained.get("n_test"),
             "epochs": len(trained.get("history", [])),
+            "conditions": model_conditions(model, f"{model.spec.get('dataset')} test split"),
         }
-    return Computed(metrics, {"shown": shown, "k": k, "pairs": pairs, "test_error": tested})
+    data = {"shown": shown, "k": k, "pairs": pairs, "test_error": tested, "seed": probe.seed}
+    gini_of = {n: {r: np.array(v) for r, v in per.items()} for n, per in sharpness.items()}
+    return Computed(metrics, {**data, "gini": gini_of, "conditions": conditions})
 
 
 def figures(result: Computed, figure_dir) -> None:
@@ -121,33 +132,67 @@ def figures(result: Computed, figure_dir) -> None:
         )
 
 
+def _median_difference(a, b, axis=-1):
+    return np.median(a, axis=axis) - np.median(b, axis=axis)
+
+
+def sharper(guided: np.ndarray, other: np.ndarray, seed: int) -> dict:
+    """Median Gini of guided backprop's maps minus the other rule's over the same unit-image
+    pairs, with its 95% paired bootstrap interval over the pairs."""
+    value = float(np.median(guided) - np.median(other))
+    return stats.estimate(
+        value, stats.bootstrap((guided, other), _median_difference, seed=seed, paired=True)
+    )
+
+
+def error_estimate(error: float, n_test: int | None) -> dict:
+    """A test error (%) with its 95% Wilson interval over the `n_test` test images."""
+    if not n_test:
+        return stats.estimate(error)
+    wrong = round(error / 100 * n_test)
+    ci = binomtest(wrong, n_test).proportion_ci(confidence_level=stats.LEVEL, method="wilson")
+    return stats.estimate(error, (100 * ci.low, 100 * ci.high))
+
+
 def claims(result: Computed) -> dict:
-    med, pairs = result.metrics["median_gini"], result.data["pairs"]
+    """guided_sharper_than_*: one part per model, the weakest decides; all_cnn_c_test_error:
+    the trained All-CNN-C's CIFAR-10 test error with its binomial interval."""
+    gini, seed = result.data["gini"], result.data.get("seed", 0)
+    conditions = "; ".join(result.data["conditions"].values())
     out = {}
     for other in ("backprop", "deconvnet"):
-        gain = {n: g["guided_backprop"] - g[other] for n, g in med.items()}
-        out[f"guided_sharper_than_{other}"] = {
-            "value": min(gain.values()),
-            "ours": "; ".join(
-                f"{n}: guided {g['guided_backprop']:.3f} vs {other} {g[other]:.3f} "
-                f"({pairs[n]} unit-image pairs)"
-                for n, g in med.items()
-            ),
-        }
+        parts, ours = {}, []
+        for n, g in gini.items():
+            est = parts[n] = sharper(g["guided_backprop"], g[other], seed)
+            lo, hi = est["interval"]
+            ours.append(
+                f"{n}: median Gini guided {np.median(g['guided_backprop']):.3f} vs {other} "
+                f"{np.median(g[other]):.3f}, difference {est['value']:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                f"({len(g[other])} unit-image pairs)"
+            )
+        out[f"guided_sharper_than_{other}"] = stats.claim(parts, "; ".join(ours), conditions)
     t = result.data["test_error"]
     if not t:
         out["all_cnn_c_test_error"] = {
-            "na": "no All-CNN-C model named in experiments.guided_backprop.test_error_model"
+            "na": "no All-CNN-C model named in experiments.guided_backprop.test_error_model",
+            "conditions": conditions,
         }
-    elif t["dataset"] != "cifar10":
+        return out
+    cond = f"{t['conditions']}, {t['epochs']} epoch(s) trained (paper: 350 on CIFAR-10)"
+    if t["dataset"] != "cifar10":
         out["all_cnn_c_test_error"] = {
             "na": f"{t['model']} is trained on {t['dataset']}, not CIFAR-10 (test error "
             f"{t['error']:.2f}% after {t['epochs']} epochs); the paper profile trains All-CNN-C "
-            "on CIFAR-10"
+            "on CIFAR-10",
+            "conditions": cond,
         }
     else:
-        out["all_cnn_c_test_error"] = {
-            "value": t["error"],
-            "ours": f"{t['model']}: {t['error']:.2f}% CIFAR-10 test error",
-        }
+        est = error_estimate(t["error"], t.get("n_test"))
+        lo, hi = est.get("interval", (t["error"], t["error"]))
+        out["all_cnn_c_test_error"] = stats.claim(
+            {t["model"]: est},
+            f"{t['model']}: {t['error']:.2f}% CIFAR-10 test error [{lo:.2f}, {hi:.2f}] "
+            f"({t.get('n_test')} test images)",
+            cond,
+        )
     return out

@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from cvinterp import figures as fig
+from cvinterp import stats
 from cvinterp.data.probe import FolderProbe, InMemoryProbe, photo_crops
 from cvinterp.experiments.common import (
     Computed,
@@ -16,13 +17,13 @@ from cvinterp.experiments.common import (
     Loaded,
     Model,
     Probe,
+    depth_trend,
     from_unit,
     limit,
     load,
     module_path,
     split_of,
     to_unit,
-    trend_claim,
 )
 from cvinterp.methods import inversion as inv
 
@@ -88,8 +89,8 @@ def compute(
     """Decoders of every listed layer under every loss, trained together on the same batches;
     per layer and loss the held-out pixel RMSE (on [0, 1]) and relative feature error."""
     weights = {k: inv.LossWeights(**v) for k, v in losses.items()}
-    metrics: dict = {"models": {}, "losses": losses}
-    figure_data = {}
+    metrics: dict = {"models": {}, "losses": losses, "epochs": epochs, "seed": probe.seed}
+    figure_data, per_image = {}, {}
     for name, model in models.items():
         m = load(model, probe, device, frozen=True)
         names = model.settings["layers"]
@@ -115,16 +116,21 @@ def compute(
         bar.close()
         x = to_unit(test).to(device)
         info = {"train_images": len(train), "test_images": len(x), "layers": {}}
-        recon = {}
+        recon, errors = {}, per_image.setdefault(name, {})
         with torch.no_grad():
             feats = inv.features(m.model, m.pre.from_unit(x), list(paths.values()))
             target = dict(zip(names, feats, strict=True))
             for (layer, loss), d in decoders.items():
                 r = recon[layer, loss] = d(target[layer])
                 f = inv.features(m.model, m.pre.from_unit(r), [paths[layer]])[0]
+                rmse = (r - x).flatten(1).pow(2).mean(1).sqrt()
+                feature_error = inv.relative_error(f, target[layer])
                 row = info["layers"].setdefault(layer, {})
-                row[f"{loss}_pixel_rmse"] = float((r - x).flatten(1).pow(2).mean(1).sqrt().mean())
-                row[f"{loss}_feature_error"] = float(inv.relative_error(f, target[layer]).mean())
+                row[f"{loss}_pixel_rmse"] = float(rmse.mean())
+                row[f"{loss}_feature_error"] = float(feature_error.mean())
+                # per held-out image, for the claims' intervals
+                errors.setdefault(layer, {})[f"{loss}_pixel_rmse"] = rmse.double().cpu().numpy()
+                errors[layer][f"{loss}_feature_error"] = feature_error.double().cpu().numpy()
         metrics["models"][name] = info
         k = min(shown, len(x))
         figure_data[name] = {
@@ -132,7 +138,9 @@ def compute(
             "layers": names,
             "reconstructions": {key: r[:k].cpu() for key, r in recon.items()},
         }
-    return Computed(metrics, {"shown": figure_data, "losses": list(weights)})
+    return Computed(
+        metrics, {"shown": figure_data, "losses": list(weights), "per_image": per_image}
+    )
 
 
 def figures(result: Computed, figure_dir) -> None:
@@ -157,42 +165,71 @@ def figures(result: Computed, figure_dir) -> None:
 
 
 def claims(result: Computed) -> dict:
+    """Per model, on the held-out images: learned_error_grows_with_depth, the depth trend of
+    the pixel-loss inverter's pixel RMSE (a bootstrap over images); the two loss comparisons,
+    each image's gap averaged over layers, mean over images with a paired bootstrap interval
+    over the images. The weakest model decides."""
     other = next(k for k in result.data["losses"] if k != "pixel")
-    per = {n: info["layers"] for n, info in result.metrics["models"].items()}
-    by_depth = {
-        n: {layer: per[n][layer]["pixel_pixel_rmse"] for layer in s["layers"]}
-        for n, s in result.data["shown"].items()
-    }
+    seed = int(result.metrics.get("seed", 0))
+    per = result.data["per_image"]
+    trend, pixel_gap, feature_gap, left_out = {}, {}, {}, {}
+    texts: dict[str, list[str]] = {"trend": [], "pixel": [], "feature": []}
 
-    def mean_gap(minuend: str, subtrahend: str) -> dict[str, float]:
-        """Per model, the mean over layers of one error minus another."""
-        return {
-            n: float(np.mean([v[minuend] - v[subtrahend] for v in lay.values()]))
-            for n, lay in per.items()
-        }
+    def gap(lay: dict, minuend: str, subtrahend: str) -> tuple[dict, str]:
+        diff = np.mean([v[minuend] - v[subtrahend] for v in lay.values()], axis=0)
+        ci = stats.bootstrap(diff, np.mean, seed=seed)
+        return stats.estimate(
+            float(diff.mean()), ci
+        ), f"{diff.mean():+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
-    def text(metric: str) -> str:
-        return "; ".join(
-            f"{n}: "
-            + ", ".join(
-                f"{layer} {v[f'{other}_{metric}']:.3f} vs {v[f'pixel_{metric}']:.3f}"
-                for layer, v in lay.items()
-            )
-            for n, lay in per.items()
+    def layers_text(lay: dict, metric: str) -> str:
+        return ", ".join(
+            f"{layer} {np.mean(v[f'{other}_{metric}']):.3f} vs {np.mean(v[f'pixel_{metric}']):.3f}"
+            for layer, v in lay.items()
         )
 
-    pixel_gap = mean_gap(f"{other}_pixel_rmse", "pixel_pixel_rmse")
-    feature_gap = mean_gap("pixel_feature_error", f"{other}_feature_error")
+    for name, lay in per.items():
+        layers = result.data["shown"][name]["layers"]  # shallow to deep
+        if len(layers) >= 2:
+            est = trend[name] = depth_trend([lay[k]["pixel_pixel_rmse"] for k in layers], seed)
+            texts["trend"].append(
+                f"{name}: Spearman {est['value']:+.2f}"
+                + (" [{:+.2f}, {:+.2f}]".format(*est["interval"]) if "interval" in est else "")
+                + " over "
+                + ", ".join(f"{k} {np.mean(lay[k]['pixel_pixel_rmse']):.3f}" for k in layers)
+            )
+        else:
+            left_out[name] = "one layer: no trend"
+        pixel_gap[name], t = gap(lay, f"{other}_pixel_rmse", "pixel_pixel_rmse")
+        texts["pixel"].append(f"{name}: {t} ({layers_text(lay, 'pixel_rmse')})")
+        feature_gap[name], t = gap(lay, "pixel_feature_error", f"{other}_feature_error")
+        texts["feature"].append(f"{name}: {t} ({layers_text(lay, 'feature_error')})")
+    info = result.metrics["models"]
+    conditions = (
+        "; ".join(
+            f"{n}: {v['train_images']} training, {v['test_images']} held-out images"
+            for n, v in info.items()
+        )
+        + f"; {result.metrics.get('epochs', '?')} epoch(s) (the paper: AlexNet, ImageNet, "
+        "far longer training)"
+    )
     return {
-        "learned_error_grows_with_depth": trend_claim(
-            by_depth, "pixel-loss inverter's pixel RMSE by layer"
+        "learned_error_grows_with_depth": stats.claim(
+            trend,
+            "pixel-loss inverter's held-out pixel RMSE by layer — " + "; ".join(texts["trend"]),
+            conditions,
+            left_out=left_out,
         ),
-        "perceptual_higher_pixel_error": {
-            "value": min(pixel_gap.values()),
-            "ours": f"pixel RMSE, {other} vs pixel loss — {text('pixel_rmse')}",
-        },
-        "perceptual_lower_feature_error": {
-            "value": min(feature_gap.values()),
-            "ours": f"relative feature error, {other} vs pixel loss — {text('feature_error')}",
-        },
+        "perceptual_higher_pixel_error": stats.claim(
+            pixel_gap,
+            f"pixel RMSE, {other} minus pixel loss, mean over layers and held-out images — "
+            + "; ".join(texts["pixel"]),
+            conditions,
+        ),
+        "perceptual_lower_feature_error": stats.claim(
+            feature_gap,
+            f"relative feature error, pixel minus {other} loss, mean over layers and held-out "
+            "images — " + "; ".join(texts["feature"]),
+            conditions,
+        ),
     }

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from cvinterp import figures as fig
+from cvinterp import stats
 from cvinterp.data import DataError, corpus_of
 from cvinterp.data import pos as postags
 from cvinterp.experiments.common import Computed, Declaration, Model, Probe
@@ -228,10 +229,26 @@ def context_of_model(
                 kind: curve(np.stack(rows), mask)[0] for kind, rows in perturbed.items()
             },
         }
-        result["effective_context"][g] = khandelwal.effective_context(
-            sizes, restricted[:, mask].mean(1).tolist(), g_full, tolerance
+        # one tolerance for every group, in nats: `tolerance` of all targets' full-context
+        # loss (1% of each group's own loss gave content targets, of twice the loss, twice
+        # the slack of function targets)
+        result["effective_context"][g] = _as_int(
+            khandelwal.settled(sizes, increase[:, mask].mean(1), tolerance * full_mean)
         )
+    # per target, for the claims' bootstrap over targets (not written to the metrics)
+    result["per_target"] = {
+        "full": full,
+        "increase": increase,
+        "perturbation": {kind: np.stack(rows) for kind, rows in perturbed.items()},
+        "groups": groups,
+    }
     return result
+
+
+def _as_int(k) -> int | None:
+    """A settled size as the metrics store it: None where it never settles on the grid."""
+    k = float(k)
+    return None if math.isinf(k) else int(k)
 
 
 def compute(
@@ -254,7 +271,7 @@ def compute(
     """Every context condition of every model on the same targets of `split`, and the models'
     training metrics (their perplexities are claims too)."""
     sizes, boundaries = sorted(set(sizes)), sorted(set(boundaries))
-    results, trained = {}, {}
+    results, trained, losses = {}, {}, {}
     for name, model in models.items():
         results[name] = context_of_model(
             name,
@@ -277,6 +294,7 @@ def compute(
             seed=probe.seed,
             dev=device,
         )
+        losses[name] = results[name].pop("per_target")
         trained[name] = json.loads(Path(model.metrics).read_text())
         r = results[name]
         print(
@@ -298,7 +316,7 @@ def compute(
             "rare_count": rare_count,
         },
     }
-    return Computed(metrics, {"trained": trained})
+    return Computed(metrics, {"trained": trained, "losses": losses, "seed": probe.seed})
 
 
 def figures(result: Computed, figure_dir) -> None:
@@ -381,107 +399,271 @@ def plot_context(name: str, r: dict, tolerance: float, path: str | Path) -> None
 
 
 def claims(result: Computed) -> dict:
-    s = result.metrics["settings"]
     return context_claims(
         result.metrics["models"],
-        s["sizes"],
-        s["boundaries"],
+        result.data["losses"],
+        result.metrics["settings"],
         result.data["trained"],
-        s["tolerance"],
+        seed=result.data.get("seed", 0),
     )
 
 
-def _reached(per_model: dict) -> dict:
-    """{model: value}, a None (never within the tolerance over the grid) as infinity: beyond
-    every measured size, so it fails a between-rule whatever the grid."""
-    return {m: math.inf if v is None else float(v) for m, v in per_model.items()}
+# --- claims: every value with a 95% interval bootstrapped over the targets ---------------------
+
+#: Boundaries from which on the paper calls the context far: word order is ignored beyond about
+#: 50 tokens and only content words matter beyond 20 (Sec. 5, Fig. 3-5).
+FAR_ORDER, FAR_WORDS = 50, 20
 
 
-def _farthest(values: dict, centre: float) -> str:
-    """The model whose value is farthest from `centre` (by ratio): it decides the claim."""
-    return max(values, key=lambda m: abs(math.log(max(values[m], 1e-9) / centre)))
+def _weights(n: int, seed: int) -> np.ndarray:
+    """(resamples, n) bootstrap counts of n targets: each resample draws n targets with
+    replacement (one draw for every quantity of a model, so they stay paired)."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=stats.N_RESAMPLES).astype(np.float64)
+
+
+def _weighted_means(rows: np.ndarray, w: np.ndarray, mask: np.ndarray | None = None):
+    """Means of the rows (sizes, targets) under each resample's counts w (R, targets): (sizes,
+    R); NaN for a resample that drew no target of `mask`."""
+    if mask is not None:
+        rows, w = rows[:, mask], w[:, mask]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rows @ w.T) / w.sum(1)[None]
+
+
+def _grid_interval(value: float, samples: np.ndarray, floor: float) -> tuple[float, float]:
+    """95% percentile interval of a statistic that takes grid values (inf: beyond the grid),
+    without interpolating between grid values; an end beyond the grid is at least `floor`."""
+    samples = np.asarray(samples, dtype=np.float64)
+    samples = samples[~np.isnan(samples)]
+    if len(samples) == 0:
+        return (floor if math.isinf(value) else value), value
+    lo = float(np.quantile(samples, 0.025, method="lower"))
+    hi = float(np.quantile(samples, 0.975, method="higher"))
+    lo, hi = min(lo, value), max(hi, value)
+    return (floor if math.isinf(lo) else lo), hi
+
+
+def _settled_with_interval(grid, rows, full, tolerance, w, mask=None):
+    """The settled size of the mean curve (rows: per-target increases (grid, targets)) with the
+    tolerance `tolerance` of all targets' full-context loss, and its bootstrap samples."""
+    sel = slice(None) if mask is None else mask
+    value = float(khandelwal.settled(grid, rows[:, sel].mean(1), tolerance * full.mean()))
+    tol = tolerance * (w @ full) / w.sum(1)
+    means = _weighted_means(rows, w, mask)
+    samples = khandelwal.settled(grid, means, tol)
+    return value, np.where(np.isnan(means).any(0), np.nan, samples)
+
+
+def _censored_ratio(a, b, top: float):
+    """a / b of settled sizes, a never-settling one (inf) taken at the grid's top `top`: a
+    bound on the ratio on the side of 1 (so never a spurious pass of 'more than 1'); both
+    beyond the grid: 1 (no order between them)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    both = np.isinf(a) & np.isinf(b)
+    r = np.minimum(a, top) / np.minimum(b, top)
+    return np.where(both, 1.0, r)
+
+
+def _show(v: float, grid, tolerance: float, unit: str = "tokens") -> str:
+    return (
+        f"not within {tolerance:.0%} up to {max(grid)} {unit}" if math.isinf(v) else f"{v:g} {unit}"
+    )
+
+
+def _relative(d: np.ndarray, full: np.ndarray, seed: int) -> dict:
+    """mean(d) / mean(full): a per-target loss change as a fraction of the full-context loss,
+    with its 95% interval bootstrapped over the targets (paired)."""
+
+    def ratio(x, f, axis=-1):
+        return np.mean(x, axis=axis) / np.mean(f, axis=axis)
+
+    value = float(ratio(d, full))
+    return stats.estimate(value, stats.bootstrap((d, full), ratio, seed=seed, paired=True))
+
+
+def _conditions(results: dict, model_metrics: dict, settings: dict) -> str:
+    """How this run departs from the paper's: each model's size, training and corpus."""
+    out = []
+    for n, r in results.items():
+        mm = model_metrics.get(n, {})
+        epochs = len(mm.get("history", [])) or "?"
+        tokens = mm.get("train_tokens_per_epoch")
+        trained = f"{epochs} epoch(s)" + (f" of {tokens / 1e6:.2g}M tokens" if tokens else "")
+        size = f"{mm['parameters'] / 1e6:.2g}M-parameter " if "parameters" in mm else ""
+        ppl = f", test perplexity {mm['test_perplexity']:.0f}" if "test_perplexity" in mm else ""
+        out.append(f"{n}: {size}LSTM LM, {trained} on {r['corpus']}{ppl}")
+    s = settings
+    return (
+        "; ".join(out)
+        + f"; {s['targets']} targets of the {s['split']} split, context grid up to "
+        + f"{max(s['sizes'])}, a {s['perturb_context']}-token perturbation window (paper: "
+        + "AWD-LSTM of 24M / 33M parameters trained 500 / 750 epochs on PTB / WikiText-2, every "
+        + "validation token)"
+    )
 
 
 def context_claims(
-    results: dict, sizes: list, boundaries: list, model_metrics: dict, tolerance: float
+    results: dict, losses: dict, settings: dict, model_metrics: dict, *, seed: int = 0
 ) -> dict:
+    """Every claim of Khandelwal et al. 2018 (and Merity et al. 2018's perplexities) from the
+    per-target losses: one part per model, the weakest decides."""
+    sizes, boundaries = list(settings["sizes"]), list(settings["boundaries"])
+    tol = settings["tolerance"]
+    cond = _conditions(results, model_metrics, settings)
     claims = {}
+    weights = {n: _weights(len(p["full"]), seed) for n, p in losses.items()}
 
-    def show(v, grid, unit="tokens"):
-        return (
-            f"not within {tolerance:.0%} up to {max(grid)} {unit}"
-            if math.isinf(v)
-            else (f"{v:g} {unit}")
+    # effective context: the smallest k from which on the mean loss stays within tol
+    parts, texts = {}, []
+    for n, p in losses.items():
+        k, ks = _settled_with_interval(sizes, p["increase"], p["full"], tol, weights[n])
+        note = f"not within {tol:.0%} up to {max(sizes)} tokens: value is a lower bound"
+        parts[n] = stats.estimate(
+            min(k, max(sizes)),
+            _grid_interval(k, ks, max(sizes)),
+            note=note if math.isinf(k) else None,
         )
+        texts.append(f"{n}: {_show(k, sizes, tol)}")
+    claims["effective_context"] = stats.claim(parts, "; ".join(texts), cond)
 
-    eff = _reached({m: r["effective_context"]["all"] for m, r in results.items()})
-    m = _farthest(eff, 200)
-    claims["effective_context"] = {
-        "value": eff[m],
-        "ours": "; ".join(f"{n}: {show(v, sizes)}" for n, v in eff.items())
-        + (f" ({m} decides)" if len(eff) > 1 else ""),
-    }
-    order = _reached(
-        {
-            n: r["insensitive_beyond"]["shuffle_global"]
-            for n, r in results.items()
-            if "shuffle_global" in r["insensitive_beyond"]
-        }
-    )
-    if order:
-        m = _farthest(order, 35)
-        claims["order_matters_only_nearby"] = {
-            "value": order[m],
-            "ours": "; ".join(
-                f"{n}: shuffling all but the nearest tokens of a "
-                f"{results[n]['perturbation']['context']}-token window changes the loss by "
-                + (
-                    f"more than {tolerance:.0%} still at boundary {max(boundaries)}"
-                    if math.isinf(v)
-                    else f"at most {tolerance:.0%} from boundary {v:g} on"
-                )
-                for n, v in order.items()
-            ),
-        }
-    else:
-        claims["order_matters_only_nearby"] = {
-            "na": "shuffle_global is not among the perturbations"
-        }
-    ratios, texts = {}, []
-    for n, r in results.items():
-        e, g = _reached(r["effective_context"]), r["groups"]
-        if not (g["content"]["n"] and g["function"]["n"]):
+    # word order: the smallest boundary beyond which shuffling changes the loss within tol
+    parts, texts, left = {}, [], {}
+    for n, p in losses.items():
+        if "shuffle_global" not in p["perturbation"]:
+            left[n] = "shuffle_global is not among the perturbations"
             continue
-        if math.isinf(e["content"]) and math.isinf(e["function"]):
-            continue  # neither settles within the grid: no order between them
-        ratios[n] = e["content"] / e["function"]
-        texts.append(
-            f"{n}: content targets {show(e['content'], sizes)} (n={g['content']['n']}) vs "
-            f"function targets {show(e['function'], sizes)} (n={g['function']['n']})"
+        b, bs = _settled_with_interval(
+            boundaries, p["perturbation"]["shuffle_global"], p["full"], tol, weights[n]
         )
-    if ratios:
-        m = min(ratios, key=ratios.get)
-        claims["content_needs_more_context"] = {
-            "value": ratios[m],
-            "ours": "; ".join(texts) + f"; ratio {ratios[m]:.2f}",
-        }
-    else:
-        claims["content_needs_more_context"] = {
-            "na": "no model has both content- and function-word targets whose loss settles "
-            "within the context grid"
-        }
+        parts[n] = stats.estimate(
+            min(b, max(boundaries)),
+            _grid_interval(b, bs, max(boundaries)),
+            note=f"still beyond {tol:.0%} at boundary {max(boundaries)}: value is a lower bound"
+            if math.isinf(b)
+            else None,
+        )
+        window = results[n]["perturbation"]["context"]
+        texts.append(
+            f"{n}: shuffling all but the nearest b tokens of a {window}-token window changes "
+            + (
+                f"the loss by more than {tol:.0%} still at b = {max(boundaries)}"
+                if math.isinf(b)
+                else f"the loss by at most {tol:.0%} from b = {b:g} on"
+            )
+        )
+    claims["order_matters_only_nearby"] = stats.claim(parts, "; ".join(texts), cond, left_out=left)
+
+    # content vs function, rare vs frequent targets: the ratio of their settled sizes, each
+    # group against its own full-context loss but with one tolerance (in nats) for both
+    for claim, (more, fewer) in (
+        ("content_needs_more_context", ("content", "function")),
+        ("rare_needs_more_context", ("rare", "frequent")),
+    ):
+        parts, texts, left = {}, [], {}
+        for n, p in losses.items():
+            g = p["groups"]
+            counts = {x: int(g[x].sum()) for x in (more, fewer)}
+            if min(counts.values()) < 2:
+                left[n] = f"fewer than 2 {more} or {fewer} targets ({counts})"
+                continue
+            ka, kas = _settled_with_interval(
+                sizes, p["increase"], p["full"], tol, weights[n], g[more]
+            )
+            kb, kbs = _settled_with_interval(
+                sizes, p["increase"], p["full"], tol, weights[n], g[fewer]
+            )
+            if math.isinf(ka) and math.isinf(kb):
+                left[n] = f"neither {more} nor {fewer} targets settle within the grid"
+                continue
+            top = float(max(sizes))
+            value = float(_censored_ratio(ka, kb, top))
+            samples = _censored_ratio(kas, kbs, top)
+            parts[n] = stats.estimate(value, _grid_interval(value, samples, value))
+            texts.append(
+                f"{n}: {more} targets {_show(ka, sizes, tol)} (n={counts[more]}) vs {fewer} "
+                f"targets {_show(kb, sizes, tol)} (n={counts[fewer]}), ratio {value:.2f}"
+            )
+        claims[claim] = stats.claim(parts, "; ".join(texts), cond, left_out=left)
+
+    # perturbation contrasts: per-target loss changes as fractions of the full-context loss
+    def far(threshold):
+        return [b for b in boundaries if b >= threshold] or [max(boundaries)]
+
+    def mean_over(rows, at):
+        return rows[[boundaries.index(b) for b in at]].mean(0)
+
+    # the paper's cut points: the first boundary of the grid at or beyond them (the largest
+    # where the grid stops short)
+    near_b, far_order = min(boundaries), far(FAR_ORDER)
+    at_words, at_order = far(FAR_WORDS)[:1], far(FAR_ORDER)[:1]
+    contrasts = {
+        "local_order_nearby": [
+            (
+                kind,
+                lambda r, k=kind: r[k][boundaries.index(near_b)] - mean_over(r[k], far_order),
+                f"{kind} of the {settings['span']} tokens beyond b = {near_b} minus beyond "
+                f"b in {far_order}",
+            )
+            for kind in ("shuffle_local", "reverse_local")
+        ],
+        "content_words_matter_far": [
+            (
+                "",
+                lambda r: (
+                    mean_over(r["drop_content"], at_words) - mean_over(r["drop_function"], at_words)
+                ),
+                f"drop_content minus drop_function beyond b = {at_words[0]}",
+            )
+        ],
+        "far_context_is_topic": [
+            (
+                "",
+                lambda r: (
+                    mean_over(r["replace"], at_order) - mean_over(r["shuffle_global"], at_order)
+                ),
+                f"replace minus shuffle_global beyond b = {at_order[0]}",
+            )
+        ],
+    }
+    needs = {
+        "local_order_nearby": {"shuffle_local", "reverse_local"},
+        "content_words_matter_far": {"drop_content", "drop_function"},
+        "far_context_is_topic": {"replace", "shuffle_global"},
+    }
+    for claim, items in contrasts.items():
+        parts, texts, left = {}, [], {}
+        for n, p in losses.items():
+            pert = p["perturbation"]
+            for kind, contrast, what in items:
+                if kind and kind not in pert or not kind and not needs[claim] <= set(pert):
+                    left[f"{n}/{kind}" if kind else n] = "not among the perturbations"
+                    continue
+                est = _relative(contrast(pert), p["full"], seed)
+                name = f"{n}/{kind}" if kind else n
+                parts[name] = est
+                texts.append(f"{name}: {what}: {100 * est['value']:+.2g}% of the full-context loss")
+        claims[claim] = stats.claim(parts, "; ".join(texts), cond, left_out=left)
+
+    # Merity et al.'s perplexities: the test perplexity of one whole stream is exact
     for corpus, claim in (("ptb", "ptb_test_perplexity"), ("wikitext2", "wt2_test_perplexity")):
         trained = {n: mm for n, mm in model_metrics.items() if mm["corpus"] == corpus}
         if not trained:
             claims[claim] = {
                 "na": f"no language model trained on {corpus} in this profile (the offline "
-                "prose corpus is not comparable)"
+                "prose corpus is not comparable)",
+                "conditions": cond,
             }
             continue
-        n, mm = min(trained.items(), key=lambda kv: kv[1]["test_perplexity"])
-        claims[claim] = {
-            "value": mm["test_perplexity"],
-            "ours": f"{n}: test perplexity {mm['test_perplexity']:.1f}, validation "
-            f"{mm['valid_perplexity']:.1f}, after {len(mm['history'])} epochs",
-        }
+        parts = {n: stats.estimate(mm["test_perplexity"]) for n, mm in trained.items()}
+        claims[claim] = stats.claim(
+            parts,
+            "; ".join(
+                f"{n}: test perplexity {mm['test_perplexity']:.1f}, validation "
+                f"{mm['valid_perplexity']:.1f}, after {len(mm['history'])} epochs (exact: the "
+                "whole test split read as one stream, no sampling)"
+                for n, mm in trained.items()
+            ),
+            cond + "; no fine-tuning stage",
+        )
     return claims

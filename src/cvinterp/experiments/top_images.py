@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from cvinterp import figures as fig
+from cvinterp import stats
 from cvinterp.experiments.common import (
     Computed,
     Declaration,
@@ -14,16 +15,28 @@ from cvinterp.experiments.common import (
     Probe,
     layer_tops,
     load,
+    model_conditions,
     spread,
-    weakest_difference,
 )
 
 DECLARATION = Declaration(short=True)
+
+#: Label permutations of the claim's null (lookups in the stored top images: no forward pass).
+PERMUTATIONS = 200
 
 
 def _purity(labels: np.ndarray) -> float:
     """Fraction of labels equal to the most common one."""
     return float(np.bincount(labels).max() / len(labels))
+
+
+def unit_purities(labels: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Per unit (column of `index`, its top-k image indices): the fraction of its top-k images
+    carrying their most common label."""
+    _, codes = np.unique(labels, return_inverse=True)
+    lab = codes.reshape(-1)[np.asarray(index)]  # (k, units)
+    counts = (lab[..., None] == np.arange(codes.max() + 1)).sum(0)  # (units, classes)
+    return counts.max(-1) / lab.shape[0]
 
 
 def compute(
@@ -39,27 +52,29 @@ def compute(
     units' top-k (against the purity of k random probe images); the top images of `units`
     units spread over the layer."""
     metrics: dict = {"models": {}}
-    shown = {}
+    shown, tops_of, conditions = {}, {}, {}
     for name, model in models.items():
         m = load(model, probe, device)
         n, per_layer = layer_tops(m, model.settings["layers"], k, max_images)
-        labels = m.images.labels
+        labels = np.asarray(m.images.labels)
         rng = np.random.default_rng(probe.seed)
         chance = np.mean([_purity(rng.choice(labels[:n], k)) for _ in range(2000)])
         info = {"probe": m.images.description, "images": n, "layers": {}}
         info["chance_purity"] = float(chance)
         shown[name] = []
+        tops_of[name] = {"labels": np.asarray(labels[:n]), "index": {}}
+        conditions[name] = model_conditions(model, m.images.description, n) + f", top-{k}"
         for lt in per_layer:
             t = lt.tops
-            alive = t.values[0] > 0
-            purity = [
-                _purity(labels[t.index[:, u].numpy()]) for u in range(t.values.shape[1]) if alive[u]
-            ]
+            alive = (t.values[0] > 0).numpy()
+            index = t.index.numpy()[:, alive]
+            tops_of[name]["index"][lt.layer] = index
+            purity = unit_purities(labels[:n], index) if alive.any() else []
             info["layers"][lt.layer] = {
                 "units": int(t.values.shape[1]),
                 "dead_units": int((~alive).sum()),
                 "receptive_field": list(lt.field.size),
-                "top_k_class_purity": float(np.mean(purity)) if purity else None,
+                "top_k_class_purity": float(np.mean(purity)) if len(purity) else None,
             }
             for u in spread(t.values.shape[1], units):
                 idx, loc = t.index[:, u].numpy(), t.location[:, u].numpy()
@@ -72,7 +87,8 @@ def compute(
                 )
         metrics["models"][name] = info
     layers = {n: m.settings["layers"] for n, m in models.items()}
-    return Computed(metrics, {"shown": shown, "k": k, "layers": layers})
+    data = {"shown": shown, "k": k, "layers": layers, "tops": tops_of}
+    return Computed(metrics, {**data, "conditions": conditions, "seed": probe.seed})
 
 
 def _boxed(img: np.ndarray, box) -> np.ndarray:
@@ -104,11 +120,54 @@ def figures(result: Computed, figure_dir) -> None:
         )
 
 
+def purity_gain(labels: np.ndarray, shallow: np.ndarray, deep: np.ndarray, seed: int) -> dict:
+    """The deep layer's mean top-k class purity minus the shallow layer's (live units; `shallow`
+    and `deep` are their top-k image indices, k x units) with its 95% bootstrap interval, the
+    two layers' units resampled independently; the null is the same difference with the probe
+    images' labels permuted (the chance purity of each unit's top-k), its interval the 2.5-97.5
+    percentiles over `PERMUTATIONS` permutations."""
+    a, b = unit_purities(labels, deep), unit_purities(labels, shallow)
+    value = float(a.mean() - b.mean())
+    interval = stats.bootstrap((a, b), stats.mean_difference, seed=seed)
+    rng = np.random.default_rng(seed)
+    null = []
+    for _ in range(PERMUTATIONS):
+        p = rng.permutation(labels)
+        null.append(unit_purities(p, deep).mean() - unit_purities(p, shallow).mean())
+    return stats.estimate(
+        value,
+        interval,
+        null=float(np.mean(null)),
+        null_interval=tuple(np.percentile(null, [2.5, 97.5])),
+    )
+
+
 def claims(result: Computed) -> dict:
-    purer = {}
+    """deeper_layers_class_specific: one part per model (deepest vs shallowest shown layer),
+    the weakest decides."""
+    parts, left_out, ours, conditions = {}, {}, [], []
+    seed = result.data.get("seed", 0)
     for name, layers in result.data["layers"].items():
-        lay = result.metrics["models"][name]["layers"]
-        first, last = lay[layers[0]]["top_k_class_purity"], lay[layers[-1]]["top_k_class_purity"]
-        if layers[0] != layers[-1] and None not in (first, last):
-            purer[name] = last - first
-    return {"deeper_layers_class_specific": weakest_difference(purer, "two or more layers")}
+        tops = result.data["tops"][name]
+        first, last = layers[0], layers[-1]
+        conditions.append(result.data["conditions"][name] + f", {first} vs {last}")
+        if first == last:
+            left_out[name] = "one layer shown"
+            continue
+        shallow, deep = tops["index"][first], tops["index"][last]
+        if 0 in (shallow.shape[1], deep.shape[1]):
+            left_out[name] = f"no live unit in {first if shallow.shape[1] == 0 else last}"
+            continue
+        est = purity_gain(tops["labels"], shallow, deep, seed)
+        parts[name] = est
+        lo, hi = est["interval"]
+        ours.append(
+            f"{name}: {last} minus {first} top-k purity {est['value']:+.3f} [{lo:+.3f}, "
+            f"{hi:+.3f}] ({deep.shape[1]} vs {shallow.shape[1]} live units; label-permuted "
+            f"null {est['null']:+.3f})"
+        )
+    return {
+        "deeper_layers_class_specific": stats.claim(
+            parts, "; ".join(ours), "; ".join(conditions), left_out=left_out
+        )
+    }

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import sparse
 from torch import fx, nn
 
 from cvinterp.instrument import model_device
@@ -202,19 +203,29 @@ class Ablation:
             counts += torch.bincount(y, minlength=self.classes).double()
         return sums / counts.clamp(min=1)[:, None]
 
-    def _count(self, logits: torch.Tensor, y: torch.Tensor, g: int) -> torch.Tensor:
-        """(g, classes) correct predictions of g edits of one chunk."""
+    def _count(
+        self, logits: torch.Tensor, y: torch.Tensor, g: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """((g, classes) correct predictions, (g, n) per-image correctness) of g edits of one
+        chunk of n images."""
         right = logits.argmax(1).view(g, -1) == y.view(1, -1)
         index = torch.arange(g, device=y.device)[:, None] * self.classes + y.view(1, -1)
-        return torch.bincount(index[right], minlength=g * self.classes).view(g, self.classes)
+        counts = torch.bincount(index[right], minlength=g * self.classes)
+        return counts.view(g, self.classes), right
 
     @torch.no_grad()
-    def correct(self, keep: torch.Tensor, group: int = 16, progress=None) -> torch.Tensor:
+    def correct(
+        self, keep: torch.Tensor, group: int = 16, progress=None, *, per_image: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """keep (E, units) bool, False = zeroed -> (E, classes) correctly classified images;
-        `progress` (a tqdm bar) advances by each chunk's images."""
+        `progress` (a tqdm bar) advances by each chunk's images. With `per_image`, also the
+        (E, images) bool correctness of every image (on the host, in the cached order: the
+        per-class counts recomputed under other labels give permutation nulls)."""
         keep = keep.to(self.device)
         out = torch.zeros(len(keep), self.classes, dtype=torch.int64, device=self.device)
+        images = []
         for f, y in self._features():
+            rows = []
             base = self.split.first(f) if self.linear_update else None
             for e0 in range(0, len(keep), group):
                 k = keep[e0 : e0 + group]
@@ -230,10 +241,19 @@ class Ablation:
                     if self.split.first is not None:
                         edited = self.split.first(edited)
                     logits = self.split.upper(edited)
-                out[e0 : e0 + g] += self._count(logits, y, g)
+                counts, right = self._count(logits, y, g)
+                out[e0 : e0 + g] += counts
+                if per_image:
+                    rows.append(right.cpu())
+            if per_image:
+                images.append(torch.cat(rows))
             if progress is not None:
                 progress.update(len(y))
-        return out
+        return (out, torch.cat(images, 1)) if per_image else out
+
+    def labels(self) -> torch.Tensor:
+        """(images,) the labels of the cached images, in the cached order (on the host)."""
+        return torch.cat([y.cpu() for _, y in self.chunks])
 
     @torch.no_grad()
     def class_correlations(self) -> torch.Tensor:
@@ -296,6 +316,60 @@ def selectivity(class_means: torch.Tensor) -> np.ndarray:
     den = top + rest
     sel = torch.where(den > 0, (top - rest) / den.clamp(min=1e-30), torch.zeros_like(den))
     return sel.cpu().numpy()
+
+
+def class_drops(delta: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(units, len(classes)) float64 accuracy drop of each class from per-image outcomes:
+    `delta` (units, images) is the intact model's correctness minus the ablated one's (+1 an
+    image lost, -1 one gained), `labels` (images,) the class of each image, `classes` the
+    class ids of the columns (each with an image)."""
+    labels, classes = np.asarray(labels), np.asarray(classes)
+    order = np.argsort(classes)
+    at = np.searchsorted(classes, labels, sorter=order).clip(max=len(classes) - 1)
+    column = order[at]
+    rows = np.flatnonzero(classes[column] == labels)  # images of the listed classes
+    # a sparse one-hot (images, classes): the product costs units x images, whatever the
+    # number of classes (ImageNet's 1,000 included)
+    onehot = sparse.csr_matrix(
+        (np.ones(len(rows)), (rows, column[rows])), shape=(len(labels), len(classes))
+    )
+    lost = np.asarray((onehot.T @ np.asarray(delta, dtype=np.float64).T).T)
+    return lost / np.asarray(onehot.sum(0)).ravel()
+
+
+def selective_hits(drops: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """(units,) whether each unit's largest class drop falls on its most selective class (the
+    column `top[u]` of `drops`): 1/k when that class is one of k classes tied for the largest
+    drop, 0 when it is not or when no class drops at all."""
+    drops = np.asarray(drops, dtype=np.float64)
+    largest = drops.max(1, keepdims=True)
+    tied = np.abs(drops - largest) <= 1e-12
+    on_top = tied[np.arange(len(drops)), np.asarray(top)]
+    return np.where(on_top & (largest[:, 0] > 0), 1.0 / tied.sum(1), 0.0)
+
+
+def label_permutation_null(
+    delta: np.ndarray,
+    labels: np.ndarray,
+    classes: np.ndarray,
+    top: np.ndarray,
+    permutations: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """((units,) largest class drop, (units,) `selective_hits`), each the mean over
+    `permutations` shufflings of the evaluation images' labels: the same ablation outcomes,
+    image by image, with the class structure removed (class sizes and every unit's overall
+    change kept). The null of a class-specific effect of ablation."""
+    rng = np.random.default_rng(seed)
+    delta = np.asarray(delta, dtype=np.float32)
+    labels = np.asarray(labels)
+    top_drop = np.zeros(len(delta))
+    hits = np.zeros(len(delta))
+    for _ in range(permutations):
+        drops = class_drops(delta, labels[rng.permutation(len(labels))], classes)
+        top_drop += drops.max(1)
+        hits += selective_hits(drops, top)
+    return top_drop / max(permutations, 1), hits / max(permutations, 1)
 
 
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

@@ -211,16 +211,30 @@ def _donor_starts(
     raise RuntimeError("could not draw non-overlapping replacement text")
 
 
+def settled(sizes: Sequence[float], increases: np.ndarray, tolerance) -> np.ndarray:
+    """The smallest size (context size k, or boundary b) from which on, for every larger size
+    too, the mean increase in loss stays within `tolerance` nats either side of 0; +inf where no
+    size of the grid gets there (it settles beyond the grid, if at all).
+
+    `increases` is (sizes, ...): one curve per column (the resamples of a bootstrap), and
+    `tolerance` a number or one per column (in nats: the same for every curve compared)."""
+    inc = np.asarray(increases, dtype=np.float64)
+    within = np.abs(inc) <= np.asarray(tolerance, dtype=np.float64)
+    # tail[i]: within at i and at every larger size
+    tail = np.flip(np.logical_and.accumulate(np.flip(within, 0), axis=0), 0)
+    first = np.argmax(tail, axis=0)
+    return np.where(tail.any(0), np.asarray(sizes, dtype=np.float64)[first], np.inf)
+
+
 def effective_context(
     sizes: Sequence[int], losses: Sequence[float], full: float, tolerance: float = 0.01
 ) -> int | None:
-    """The smallest context size whose mean loss is within `tolerance` (relative, either side)
-    of the full-context loss, from there on for every larger size; None if no size gets there."""
-    within = [abs(loss - full) <= tolerance * abs(full) for loss in losses]
-    for i, size in enumerate(sizes):
-        if all(within[i:]):
-            return int(size)
-    return None
+    """The smallest context size whose mean loss is within `tolerance` (relative to `full`,
+    either side) of the full-context loss, from there on for every larger size; None if no
+    size gets there."""
+    inc = np.asarray(losses, dtype=np.float64) - full
+    k = float(settled(sizes, inc, tolerance * abs(full)))
+    return None if np.isinf(k) else int(k)
 
 
 def insensitive_boundary(
@@ -228,4 +242,5 @@ def insensitive_boundary(
 ) -> int | None:
     """The smallest boundary beyond which a perturbation changes the mean loss by no more than
     `tolerance` (relative to the full-context loss), from there on; None if none does."""
-    return effective_context(boundaries, [full + d for d in increases], full, tolerance)
+    b = float(settled(boundaries, np.asarray(increases, dtype=np.float64), tolerance * abs(full)))
+    return None if np.isinf(b) else int(b)

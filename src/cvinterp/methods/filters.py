@@ -20,7 +20,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import mannwhitneyu  # noqa: E402
 
+from cvinterp import figures, stats  # noqa: E402
+
 RANDOM_SELECTIVITY = 2 / 3
+#: Permutations of the group labels for the null of the group contrast.
+PERMUTATIONS = 2000
 
 
 def colour_selectivity(kernels: torch.Tensor) -> torch.Tensor:
@@ -96,6 +100,72 @@ def group_contrast(kernels: torch.Tensor, groups: int) -> dict:
     }
 
 
+def split_groups(kernels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The selectivity of the two groups' kernels, the less colourful group first."""
+    a, b = np.array_split(colour_selectivity(kernels).numpy().astype(np.float64), 2)
+    return (a, b) if a.mean() <= b.mean() else (b, a)
+
+
+def contrast_estimate(kernels: torch.Tensor, seed: int = 0) -> dict:
+    """The colour contrast of two towers as an effect size: mean selectivity of the more
+    colourful group minus the less colourful one's, its 95% bootstrap interval (each group's
+    kernels resampled on their own), and its null: the same difference (larger group mean minus
+    smaller) when the kernels are dealt to two groups at random (`PERMUTATIONS` label
+    permutations; median and 2.5-97.5 percentiles). A split that training did not make is as
+    large as the null's."""
+    low, high = split_groups(kernels)
+    value = float(high.mean() - low.mean())
+    interval = stats.bootstrap((high, low), stats.mean_difference, seed=seed)
+    sel = np.concatenate([low, high])
+    rng = np.random.default_rng(seed)
+    perm = np.argsort(rng.random((PERMUTATIONS, sel.size)), axis=1)
+    shuffled = sel[perm]
+    n = low.size
+    null = np.abs(shuffled[:, :n].mean(1) - shuffled[:, n:].mean(1))
+    lo, hi = np.percentile(null, [2.5, 97.5])
+    return stats.estimate(value, interval, null=float(np.median(null)), null_interval=(lo, hi))
+
+
+def _median(x, axis=-1):
+    return np.median(x, axis=axis)
+
+
+def agnostic_median_estimate(
+    kernels: torch.Tensor, random_kernels: torch.Tensor, seed: int = 0
+) -> dict:
+    """Median selectivity of the less colourful group, its 95% bootstrap interval over that
+    group's kernels, and its null: the same for the same architecture's conv1 at random
+    initialisation (the less colourful of its two groups), with its interval."""
+    low, _ = split_groups(kernels)
+    null_low, _ = split_groups(random_kernels)
+    return stats.estimate(
+        float(np.median(low)),
+        stats.bootstrap(low, _median, seed=seed),
+        null=float(np.median(null_low)),
+        null_interval=stats.bootstrap(null_low, _median, seed=seed),
+    )
+
+
+def _at_the_ends(
+    kernels: torch.Tensor, agnostic_below: float = 0.25, specific_above: float = 0.9
+) -> np.ndarray:
+    sel = colour_selectivity(kernels).numpy()
+    return ((sel < agnostic_below) | (sel > specific_above)).astype(np.float64)
+
+
+def ends_estimate(kernels: torch.Tensor, random_kernels: torch.Tensor, seed: int = 0) -> dict:
+    """Fraction of kernels at either end of the selectivity scale (< 0.25 or > 0.9, as
+    `dichotomy`), its 95% bootstrap interval over kernels, and its null: the same fraction for
+    the same architecture's conv1 at random initialisation, with its interval."""
+    real, rand = _at_the_ends(kernels), _at_the_ends(random_kernels)
+    return stats.estimate(
+        float(real.mean()),
+        stats.bootstrap(real, seed=seed),
+        null=float(rand.mean()),
+        null_interval=stats.bootstrap(rand, seed=seed),
+    )
+
+
 def plot_kernels(kernels: torch.Tensor, groups: int, title: str, path, bgr: bool = False):
     """The Fig. 3 layout: one panel per group, kernels min-max normalised one by one."""
     imgs = normalise_each(kernels)
@@ -128,8 +198,7 @@ def plot_kernels(kernels: torch.Tensor, groups: int, title: str, path, bgr: bool
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    figures.save(fig, path, dpi=150)
 
 
 def plot_selectivity(per_model: dict[str, tuple[torch.Tensor, int]], path):
@@ -148,5 +217,4 @@ def plot_selectivity(per_model: dict[str, tuple[torch.Tensor, int]], path):
     ax.set_ylabel("conv1 kernels")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    figures.save(fig, path, dpi=150)
