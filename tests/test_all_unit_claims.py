@@ -164,8 +164,9 @@ def yosinski_info(p: dict[int, list[float]], p_start: list[float]) -> dict:
         ({1: [0.95, 0.9, 0.99, 0.97], 2: [0.8, 0.85, 0.9, 0.75]}, [1e-3] * 4, "pass"),
         ({1: [0.95, 0.9, 0.99, 0.97], 2: [0.01, 0.02, 0.05, 0.03]}, [1e-3] * 4, "fail"),
         ({1: [0.95, 0.9, 0.99, 0.97], 2: [0.1, 0.9, 0.2, 0.95]}, [1e-3] * 4, "inconclusive"),
-        ({1: [0.9], 2: [0.8]}, [1e-3], "pass"),  # one class: exact
-        ({1: [0.9], 2: [0.3]}, [1e-3], "fail"),
+        # one class (the default profile): no spread over classes, so no verdict either way
+        ({1: [0.9], 2: [0.8]}, [1e-3], "inconclusive"),
+        ({1: [0.9], 2: [0.3]}, [1e-3], "inconclusive"),
     ],
 )
 def test_regularised_visualisations_classified(p, p_start, verdict):

@@ -3,13 +3,16 @@ Simonyan et al. 2014's saliency on the object) on constructed results: each must
 be inconclusive where it should; and the permuted-label training that the data randomisation
 needs."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from cvinterp.data.images import ImageData
 from cvinterp.experiments import backprop
-from cvinterp.experiments.common import Computed
+from cvinterp.experiments.common import Computed, Model
 from cvinterp.train import train_classifier
 from tests.conftest import claim_verdict
 
@@ -35,7 +38,7 @@ def _saliency(mass: float, area: float, noise: float = 0.02, n: int = 32) -> dic
     }
 
 
-def _result(at_top=None, data=None, saliency=None, models=None) -> Computed:
+def _result(at_top=None, data=None, saliency=None, models=None, fit=0.97) -> Computed:
     at_top = at_top or _sims(0.5, 0.05)
     mean = {r: [1.0, float(np.mean(at_top[r]))] for r in RULES}
     metrics = {
@@ -56,6 +59,7 @@ def _result(at_top=None, data=None, saliency=None, models=None) -> Computed:
             "images": len(data["backprop"]),
             "spearman": data,
             "mean_spearman": {r: float(np.mean(v)) for r, v in data.items()},
+            "shuffled_train_accuracy": fit,
         }
     specs = {"net": {"arch": "all_cnn_c", "dataset": "fashion_mnist", "train": {"epochs": 3}}}
     return Computed(metrics, {"randomise_top": 2, "specs": specs, "seed": 0})
@@ -91,6 +95,52 @@ def test_data_randomisation_pass_fail_inconclusive(sims, verdict):
 def test_data_randomisation_na_without_a_shuffled_model():
     entry = backprop.claims(_result())["guided_insensitive_to_label_randomisation"]
     assert claim_verdict("guided_insensitive_to_label_randomisation", entry) == "n/a"
+    assert entry["conditions"]  # defect: an n/a entry had empty conditions
+
+
+@pytest.mark.parametrize("fit", [0.12, 0.89, None])
+def test_data_randomisation_na_when_shuffled_net_has_not_memorised(fit):
+    """Defect: a permuted-label net that has not fitted its permuted labels (1 epoch: close to
+    its random init) made the test a second model randomisation, and the claim passed."""
+    entry = backprop.claims(_result(data=_sims(0.5, 0.05), fit=fit))[
+        "guided_insensitive_to_label_randomisation"
+    ]
+    assert claim_verdict("guided_insensitive_to_label_randomisation", entry) == "n/a"
+    assert "not memorised" in entry["na"] and "paper profile" in entry["na"]
+    assert ("not recorded" if fit is None else f"{fit:.2f}") in entry["conditions"]
+
+
+def test_data_randomisation_conditions_give_the_fit():
+    entry = backprop.claims(_result(data=_sims(0.5, 0.05), fit=0.93))[
+        "guided_insensitive_to_label_randomisation"
+    ]
+    assert "training accuracy on its permuted labels 0.93" in entry["conditions"]
+
+
+def test_every_entry_has_conditions():
+    for result in (_result(), _result(data=_sims(0.5, 0.05), fit=0.1), _result(models={})):
+        for cid, entry in backprop.claims(result).items():
+            assert entry["conditions"].strip(), cid
+
+
+def test_memorisation_bar_is_the_yamls():
+    """The bar in the code is the one written, with its reason, in the claim's yaml."""
+    doc = yaml.safe_load(open("config/claims/adebayo2018.yaml"))
+    (c,) = [c for c in doc["claims"] if c["id"] == "guided_insensitive_to_label_randomisation"]
+    assert f">= {backprop.MEMORISED}" in c["metric"]
+    assert f"at least {backprop.MEMORISED}" in " ".join(c["notes"].split())
+
+
+def test_train_accuracy_read_from_training_metrics(tmp_path):
+    settings = {"models": {"a": {}, "b": {}}, "data_randomisation": {"model": "a", "shuffled": "b"}}
+    assert backprop.DECLARATION.training_metrics(settings) == ["b"]
+    assert backprop.DECLARATION.training_metrics({"models": {"a": {}}}) == []
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps({"test_accuracy": 0.1, "train_accuracy": 0.42}))
+    assert backprop.train_accuracy(Model("b", "b.pt", {}, metrics=str(path))) == 0.42
+    path.write_text(json.dumps({"test_accuracy": 0.1}))  # trained before it was recorded
+    assert backprop.train_accuracy(Model("b", "b.pt", {}, metrics=str(path))) is None
+    assert backprop.train_accuracy(Model("b", "b.pt", {})) is None
 
 
 @pytest.mark.parametrize(
@@ -155,6 +205,10 @@ def test_shuffled_labels_learn_nothing_and_run_seed_is_another_run():
     _, _, shuffled, _ = _train(shuffle_labels=True)
     assert real["test_accuracy"] > 0.9 and shuffled["test_accuracy"] < 0.6
     assert shuffled["shuffled_labels"] is True
+    # the fit on the labels trained on (permuted ones for the shuffled run), last epoch
+    assert real["train_accuracy"] > 0.9
+    assert real["train_accuracy"] == real["history"][-1]["train_accuracy"]
+    assert 0 <= shuffled["train_accuracy"] <= 1
     m0, _, _, _ = _train()
     m1, _, r1, _ = _train(run_seed=1)
     assert r1["run_seed"] == 1

@@ -189,7 +189,7 @@ def test_smoke_profile_runs_on_slurm_and_matches_the_local_run(slurm, smoke, tmp
     for rule in local:
         assert not any(c == f"rule_{rule}" or c.startswith(f"rule_{rule}_") for c in comments)
     models = len(re.findall(r"^\s*rule model:", planned, re.M))
-    assert models == 6 and sum(c.startswith("rule_model_wildcards_") for c in comments) == models
+    assert models == 8 and sum(c.startswith("rule_model_wildcards_") for c in comments) == models
     # The nine short experiments shared SLURM jobs, five to a job (profiles/slurm): two jobs,
     # and none of them ran as a job of its own.
     grouped = [c for c in comments if c.startswith("rule_short_experiments_")]

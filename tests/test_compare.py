@@ -110,6 +110,12 @@ def test_verdicts(tmp_path):
             "fail",
         ),
         ("gt", 0, {"value": float("nan")}, "n/a"),
+        # one image: the spread is unknown, so a value cannot pass (nor fail) on its own
+        ("gt", 0, {"value": 0.3, "spread": "unknown"}, "inconclusive"),
+        ("gt", 0, {"value": -0.3, "spread": "unknown"}, "inconclusive"),
+        # an open end (a context never reached on the grid) is infinite
+        ("between", [100, 400], {"value": 300, "interval": [200, None]}, "inconclusive"),
+        ("gt", 1, {"value": 3, "interval": [2, None]}, "pass"),
     ],
 )
 def test_judge(op, threshold, est, expected):

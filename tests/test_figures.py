@@ -15,4 +15,4 @@ def test_saved_figures_say_what_they_show(tmp_path):
     axes[3].set_visible(False)
     save(fig, tmp_path / "f.png")
     got = read_contents(tmp_path / "f.png")
-    assert got == {"panels": 3, "titles": ["varies", "", ""], "images": 2, "constant_images": 1}
+    assert got == {"panels": 3, "titles": ["varies", "", ""], "images": 2, "constant_panels": [1]}

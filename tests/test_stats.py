@@ -25,10 +25,15 @@ def test_bootstrap_of_two_groups_and_of_a_paired_correlation():
     assert 0.7 < lo < hi <= 1
 
 
-def test_degenerate_samples_give_a_point_interval():
-    assert bootstrap(np.array([2.0])) == (2.0, 2.0)
+def test_equal_samples_give_a_point_interval_and_one_sample_an_unknown_spread():
     assert bootstrap(np.full(10, 0.5)) == (0.5, 0.5)
     assert bootstrap(np.array([1.0, np.nan, 1.0])) == (1.0, 1.0)  # NaN left out
+    assert np.isnan(bootstrap(np.array([2.0]))).all()  # one image: no spread to measure
+    assert np.isnan(bootstrap((np.ones(5), np.array([3.0])), mean_difference)).all()
+    # recorded as such, never as an exact value that could pass a claim
+    assert estimate(2.0, bootstrap(np.array([2.0]))) == {"value": 2.0, "spread": "unknown"}
+    assert estimate(5.0, (5.0, float("inf")))["interval"] == [5.0, None]  # open above
+    assert estimate(0.5, null=0.1, null_interval=(np.nan, np.nan)) == {"value": 0.5, "null": 0.1}
 
 
 def test_vectorised_correlations_match_scipy():

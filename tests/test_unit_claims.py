@@ -154,6 +154,25 @@ def test_switches_weakest_net_decides():
     assert verdict == "fail"
 
 
+def test_switch_null_pairs_another_unit_and_another_image():
+    """Defect: the null paired each projection with its neighbour in the unit-major list
+    (np.roll by 1), mostly the same unit's next top image, and possibly the same image."""
+    units = np.repeat([0, 1, 2], 3)
+    ids = np.array([5, 6, 7, 5, 8, 9, 7, 8, 10])  # units share images 5, 7 and 8
+    partner = deconvnet.other_unit_partners(units, ids, seed=0)
+    assert (partner >= 0).all()
+    assert (units[partner] != units).all() and (ids[partner] != ids).all()
+    assert np.array_equal(partner, deconvnet.other_unit_partners(units, ids, seed=0))
+    rolled = np.roll(np.arange(9), 1)  # the old pairing: fails the same checks
+    assert (units[rolled] == units).any()
+    # one unit only: no partner, so no null, and the net is left out (named)
+    assert (deconvnet.other_unit_partners([3, 3, 3], [1, 2, 3], seed=0) == -1).all()
+    lone = _pairs(0.3, 0.0, 30, 0.05)
+    lone["switches_other_image"] = lone["no_switches_other_image"] = np.array([])
+    verdict, entry = _deconv_verdict({"net": lone, "b": _pairs(0.3, 0.0, 30, 0.05)})
+    assert "no null" in entry["left_out"]["net"] and verdict == "pass"
+
+
 # --- occlusion: object_occlusion_hurts_more -------------------------------------------------
 
 

@@ -17,21 +17,16 @@ def test_smoke_run_writes_every_result(smoke):
     wd, out, _ = smoke
     assert out.name.startswith("smoke-")
     rows = list(csv.DictReader((out / "compare.tsv").open(), delimiter="\t"))
-    assert {"experiment", "claim", "metric", "paper", "ours", "verdict", "source"} <= set(rows[0])
-    assert {r["verdict"] for r in rows} <= {"pass", "fail", "n/a"}
+    assert {"experiment", "id", "claim", "ours", "value", "interval", "null", "conditions"} <= set(
+        rows[0]
+    )
+    assert {r["verdict"] for r in rows} <= {"pass", "fail", "inconclusive", "n/a"}
     rows = [r for r in rows if r["experiment"] == "filters"]
-    assert len(rows) == 4
-    measured = [r for r in rows if r["verdict"] != "n/a"]
-    assert len(measured) == 3
-    assert sum(r["ours"].startswith("tower_photos:") for r in measured) == 2
+    assert len(rows) == 3 and all(r["verdict"] != "n/a" for r in rows)  # two colour runs
+    assert sum(r["ours"].startswith("tower_photos") for r in rows) == 2
     (dichotomy,) = [r for r in rows if r["ours"].startswith("squeezenet:")]
     assert dichotomy["verdict"] == "pass"  # real ImageNet conv1: 75% at the ends vs 2% random
-    grey = [r for r in rows if "Fashion-MNIST" in r["claim"]][0]
-    assert grey["verdict"] == "n/a" and "grey" in grey["reason"]
 
-    for name in ("tower_fmnist", "tower_photos", "squeezenet", "colour_selectivity"):
-        png = out / "figures" / "filters" / f"{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     metrics = json.loads((out / "metrics" / "filters.json").read_text())
     assert metrics["models"]["squeezenet"]["shape"] == [64, 3, 3, 3]
     assert metrics["models"]["tower_photos"]["groups"] == 2
@@ -83,7 +78,7 @@ def test_smoke_run_writes_the_unit_figures_and_their_claims(smoke):
     (error,) = [r for r in rows if "9.08%" in r["claim"]]
     assert error["verdict"] == "n/a" and "trained on fashion_mnist" in error["reason"]
     others = [r for e in UNIT_FIGURES for r in by_experiment[e] if r is not error]
-    assert all(r["verdict"] in ("pass", "fail") and r["ours"] for r in others)
+    assert all(r["verdict"] != "n/a" and r["ours"] and r["conditions"] for r in others)
     top = json.loads((out / "metrics" / "top_images.json").read_text())
     assert "offline stand-in" in top["models"]["squeezenet"]["probe"]
     assert top["models"]["allcnn_fmnist"]["images"] == 256  # max_images of the smoke profile
@@ -153,8 +148,8 @@ def test_smoke_run_dissects_on_the_offline_concept_probe(smoke):
     released = [r for r in rows.values() if "released" in r["claim"]]
     assert len(released) == 2 and all(r["verdict"] == "n/a" for r in released)
     assert "stand-in" in " ".join(r["reason"] for r in released)
-    measured = [r for r in rows.values() if r not in released]  # tiny nets: either verdict
-    assert all(r["verdict"] in ("pass", "fail") and r["ours"] for r in measured)
+    measured = [r for r in rows.values() if r not in released]  # verdicts: SMOKE_VERDICTS
+    assert all(r["verdict"] != "n/a" and r["ours"] for r in measured)
 
 
 def test_smoke_run_ablates_every_unit(smoke):
@@ -196,11 +191,131 @@ def test_smoke_run_trains_a_language_model_and_measures_its_context(smoke):
         for r in csv.DictReader((out / "compare.tsv").open(), delimiter="\t")
         if r["experiment"] == "lm_context"
     }
-    assert len(rows) == 5
+    assert len(rows) == 9
     perplexity = [r for r in rows.values() if r["citation"] == "merity2018"]
     assert len(perplexity) == 2 and all(r["verdict"] == "n/a" for r in perplexity)
-    measured = [r for r in rows.values() if r["citation"] == "khandelwal2018"]
-    assert all(r["verdict"] in ("pass", "fail") and r["ours"] for r in measured)
+    assert all(r["conditions"] for r in rows.values())  # verdicts: SMOKE_VERDICTS
+
+
+#: Each claim's verdict on the smoke profile (deterministic on the CPU: a change of a verdict
+#: is a change of what the suite measures, to be explained, never a silent drift). Tiny nets
+#: trained for seconds: most claims fail or are inconclusive here, as they should.
+SMOKE_VERDICTS = {
+    "guided_insensitive_to_randomisation": "inconclusive",
+    "guided_insensitive_to_label_randomisation": "n/a",
+    "trained_more_detectors": "fail",
+    "rotation_destroys_detectors": "fail",
+    "detectors_rise_with_training": "fail",
+    "high_level_rises_with_depth": "inconclusive",
+    "released_unique_detectors": "n/a",
+    "released_unit_labels": "n/a",
+    "learned_error_grows_with_depth": "fail",
+    "perceptual_higher_pixel_error": "fail",
+    "perceptual_lower_feature_error": "fail",
+    "random_starts_converge": "inconclusive",
+    "effective_context": "fail",
+    "order_matters_only_nearby": "fail",
+    "local_order_nearby": "fail",
+    "content_needs_more_context": "inconclusive",
+    "rare_needs_more_context": "n/a",
+    "content_words_matter_far": "fail",
+    "far_context_is_topic": "fail",
+    "group_contrast": "fail",
+    "agnostic_group_median": "fail",
+    "imagenet_colour_dichotomy": "pass",
+    "ptb_test_perplexity": "n/a",
+    "wt2_test_perplexity": "n/a",
+    "saliency_on_object": "inconclusive",
+    "guided_sharper_than_backprop": "pass",
+    "guided_sharper_than_deconvnet": "pass",
+    "all_cnn_c_test_error": "n/a",
+    "dip_error_grows_with_depth": "inconclusive",
+    "dip_closer_than_tv": "inconclusive",
+    "tsne_beats_pca_knn_accuracy": "pass",
+    "tsne_beats_pca_trustworthiness": "pass",
+    "deeper_layers_sparser": "pass",
+    "regularised_visualisations_classified": "inconclusive",
+    "deeper_layers_class_specific": "inconclusive",
+    "switches_keep_image_structure": "inconclusive",
+    "object_occlusion_hurts_more": "inconclusive",
+    "single_unit_overall_drop_small": "pass",
+    "class_drop_much_larger": "pass",
+    "selectivity_predicts_class_drop": "fail",
+    "unit_hurts_its_selective_class_most": "inconclusive",
+    "importance_order_beats_random": "inconclusive",
+    "l1_norm_predicts_class_drop": "inconclusive",
+}
+
+#: Panels of each figure of the smoke profile (axes that draw something), read from the PNG.
+FIGURE_PANELS = {
+    "ablation/allcnn_fmnist_conv8.png": 7,
+    "ablation/tower_fmnist_conv5.png": 7,
+    "activations/allcnn_fmnist.png": 3,
+    "activations/squeezenet.png": 3,
+    "actmax/erhan.png": 24,
+    "actmax/yosinski.png": 2,
+    "backprop/allcnn_fmnist.png": 8,
+    "backprop/allcnn_fmnist_shuffled.png": 8,
+    "backprop/randomisation.png": 1,
+    "backprop/squeezenet.png": 8,
+    "deconvnet/squeezenet.png": 12,
+    "deconvnet/tower_fmnist.png": 24,
+    "dissection/detectors.png": 2,
+    "dissection/headlines.png": 3,
+    "dissection/squeezenet.png": 4,
+    "dissection/tower_photos.png": 4,
+    "embedding/allcnn_fmnist.png": 3,
+    "embedding/allcnn_fmnist_thumbnails.png": 1,
+    "embedding/allcnn_fmnist_units.png": 24,
+    "filters/colour_selectivity.png": 1,
+    "filters/squeezenet.png": 1,
+    "filters/tower_fmnist.png": 2,
+    "filters/tower_photos.png": 2,
+    "filters/tower_photos_s1.png": 2,
+    "guided_backprop/allcnn_fmnist.png": 32,
+    "guided_backprop/squeezenet.png": 16,
+    "inversion_dip/squeezenet.png": 6,
+    "inversion_dip/tower_fmnist.png": 8,
+    "inversion_learned/tower_fmnist.png": 12,
+    "lm_context/lm_prose.png": 4,
+    "occlusion/allcnn_fmnist.png": 6,
+    "occlusion/squeezenet.png": 6,
+    "top_images/allcnn_fmnist.png": 16,
+    "top_images/squeezenet.png": 16,
+}
+
+
+def test_smoke_verdicts_are_pinned(smoke):
+    wd, out, _ = smoke
+    rows = list(csv.DictReader((out / "compare.tsv").open(), delimiter="\t"))
+    assert {r["id"]: r["verdict"] for r in rows} == SMOKE_VERDICTS
+    for r in rows:
+        if r["verdict"] in ("pass", "fail", "inconclusive"):
+            assert r["value"] and r["interval"] and r["conditions"], r["id"]
+    html = (out / "compare.html").read_text()
+    assert html.count("<tr") == len(rows) + 1
+
+
+def test_smoke_figures_show_what_their_captions_say(smoke):
+    """Every figure's panels, read back from the PNG (figures.save writes what it drew): the
+    count each caption promises, and no constant map except the label map of a net that
+    predicts one label everywhere (the smoke nets are at chance)."""
+    from cvinterp.figures import read_contents
+
+    wd, out, _ = smoke
+    found = {str(p.relative_to(out / "figures")): p for p in (out / "figures").rglob("*.png")}
+    assert set(found) == set(FIGURE_PANELS)
+    for name, path in found.items():
+        shown = read_contents(path)
+        assert shown["panels"] == FIGURE_PANELS[name], name
+        for i in shown["constant_panels"]:
+            assert shown["titles"][i].startswith("most likely label"), (name, shown["titles"][i])
+    occlusion = read_contents(found["occlusion/squeezenet.png"])
+    assert occlusion["titles"][1].startswith("p(true)") and not occlusion["constant_panels"]
+    guided = read_contents(found["guided_backprop/squeezenet.png"])
+    assert guided["titles"][:4] == ["image", "backprop", "deconvnet", "guided"]
+    tsne = read_contents(found["embedding/allcnn_fmnist.png"])
+    assert tsne["titles"][0].startswith("t-SNE") and tsne["titles"][1].startswith("PCA")
 
 
 def test_rerun_does_nothing_and_other_configs_get_their_own_folder(smoke):
@@ -255,6 +370,7 @@ def test_report_has_every_figure_and_the_table(report):
         "squeezenet.png",
         "colour_selectivity.png",
         "compare.tsv",
+        "compare.html",
         "references.bib",
         "randomisation.png",
         "lm_prose.png",
@@ -358,5 +474,5 @@ def test_report_renders_every_figure_and_the_whole_table_in_a_browser(smoke, rep
         for f in sorted((ROOT / "config" / "claims").glob("*.yaml"))
         for c in yaml.safe_load(f.read_text())["claims"]
     ]
-    listed = {row.split("\t")[1] for row in got["table"].strip().splitlines()[1:]}
+    listed = {row.split("\t")[2] for row in got["table"].strip().splitlines()[1:]}
     assert set(claims) == listed  # the table lists every claim, nothing else

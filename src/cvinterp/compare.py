@@ -85,8 +85,10 @@ VERDICTS = ("fail", "inconclusive", "pass")
 
 
 def _interval(est: dict) -> tuple[float, float]:
+    """The 95% interval; an open end (null in the JSON) is infinite."""
     v = est["value"]
-    return tuple(est.get("interval", (v, v)))
+    lo, hi = est.get("interval", (v, v))
+    return (-np.inf if lo is None else lo, np.inf if hi is None else hi)
 
 
 def judge(op: str, threshold, est: dict) -> str:
@@ -95,8 +97,10 @@ def judge(op: str, threshold, est: dict) -> str:
     wrong side of the threshold or not beyond the null, inconclusive when it straddles either.
     A NaN value is n/a."""
     v = est["value"]
-    if v is None or not np.isfinite(v):
+    if v is None or np.isnan(v):
         return "n/a"
+    if est.get("spread") == "unknown":  # one image, one class: no interval to judge by
+        return "inconclusive"
     lo, hi = _interval(est)
     if op == "between":
         a, b = threshold
@@ -133,9 +137,11 @@ def _fmt(x: float) -> str:
 
 
 def _interval_text(est: dict) -> str:
+    if est.get("spread") == "unknown":
+        return "unknown (one sample)"
     if "interval" not in est:
         return "exact"
-    lo, hi = est["interval"]
+    lo, hi = _interval(est)
     return f"[{_fmt(lo)}, {_fmt(hi)}]"
 
 

@@ -56,22 +56,23 @@ def crop_to(img: np.ndarray, box, size: int) -> np.ndarray:
 
 def contents(fig) -> dict:
     """What a figure shows, in a form a test can read: its panels (axes that draw something),
-    their titles, and for each image drawn its spread (a constant map has spread 0)."""
+    their titles, how many images they draw, and which panels draw a constant image."""
     panels = [
         ax
         for ax in fig.axes
         if ax.get_visible() and (ax.images or ax.lines or ax.collections or ax.patches)
     ]
-    spreads = [
-        float(np.nanstd(np.asarray(im.get_array(), dtype=np.float64)))
-        for ax in panels
+    constant = [
+        i
+        for i, ax in enumerate(panels)
         for im in ax.images
+        if np.nanstd(np.asarray(im.get_array(), dtype=np.float64)) == 0
     ]
     return {
         "panels": len(panels),
         "titles": [ax.get_title() for ax in panels],
-        "images": len(spreads),
-        "constant_images": sum(s == 0 for s in spreads),
+        "images": sum(len(ax.images) for ax in panels),
+        "constant_panels": constant,
     }
 
 

@@ -20,6 +20,8 @@ from scipy import stats as _stats
 #: Resamples of every bootstrap; 95% percentile intervals.
 N_RESAMPLES = 2000
 LEVEL = 0.95
+#: The interval of a value whose spread cannot be measured (one image, one class).
+UNKNOWN = (float("nan"), float("nan"))
 
 
 def _finite(x) -> np.ndarray:
@@ -40,14 +42,18 @@ def bootstrap(
     arrays: independent groups resampled separately (a difference of two groups' means), or, with
     `paired=True`, arrays of one length resampled together (a correlation over units).
     `statistic` takes the arrays and an `axis` keyword, as scipy's bootstrap requires.
-    A sample of one value, or of equal values, gives the degenerate interval [v, v].
+    Samples of equal values give the point interval [v, v] (no spread observed); a group of
+    fewer than two values, or a bootstrap without a finite interval, gives (nan, nan): the
+    spread is unknown, and `estimate` records it so (such a value cannot pass a claim).
     """
     data = samples if isinstance(samples, tuple) else (samples,)
     data = tuple(np.asarray(d, dtype=np.float64) for d in data)
     if not paired:
         data = tuple(_finite(d) for d in data)
+    if min(len(d) for d in data) < 2:
+        return UNKNOWN
     value = float(statistic(*data, axis=-1))
-    if min(len(d) for d in data) < 2 or all(np.ptp(d) == 0 for d in data):
+    if all(np.ptp(d) == 0 for d in data):
         return (value, value)
     res = _stats.bootstrap(
         data,
@@ -60,8 +66,8 @@ def bootstrap(
         rng=np.random.default_rng(seed),
     )
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return (value, value)
+    if np.isnan(lo) or np.isnan(hi):
+        return UNKNOWN
     return (min(lo, value), max(hi, value))
 
 
@@ -97,17 +103,25 @@ def estimate(
 ) -> dict:
     """One measured quantity as the metrics JSON stores it.
 
-    `interval` is None only where the value is exact (a count on a fixed set, a p-value, which
-    carries its own uncertainty); `null` is the same quantity under the null of the claim,
-    measured in the same run, and `null_interval` its spread (a bootstrap interval, or the range
-    over seeds). `note` says what was left out of this part and why (a NaN layer).
+    `interval` is None only where the value is exact (a count on a fixed set, a perplexity over
+    a whole stream, a p-value, which carries its own uncertainty). An interval with a NaN end
+    (`UNKNOWN`: one image, one class) is stored as `"spread": "unknown"`, and such a value is at
+    best inconclusive. An infinite end (a quantity that may be unbounded, such as a context
+    never reached on the grid) is stored as null: open on that side. `null` is the same quantity
+    under the null of the claim, measured in the same run, and `null_interval` its spread (a
+    bootstrap interval, or the range over seeds). `note` says what was left out of this part
+    and why.
     """
     out: dict = {"value": float(value)}
     if interval is not None:
-        out["interval"] = [float(interval[0]), float(interval[1])]
+        lo, hi = (float(x) for x in interval)
+        if np.isnan(lo) or np.isnan(hi):
+            out["spread"] = "unknown"
+        else:
+            out["interval"] = [lo if np.isfinite(lo) else None, hi if np.isfinite(hi) else None]
     if null is not None:
         out["null"] = float(null)
-        if null_interval is not None:
+        if null_interval is not None and not np.isnan(null_interval).any():
             out["null_interval"] = [float(null_interval[0]), float(null_interval[1])]
     if note:
         out["note"] = note

@@ -128,6 +128,10 @@ def train_classifier(
     the same arguments continues from there and ends with the same weights as an
     uninterrupted run (shuffling and dropout of epoch e depend only on (seed, e)).
     `stop_after_epoch` ends the run early (as an interruption would), returning None.
+
+    Metrics: `train_accuracy` is the accuracy on the last epoch's training batches as they were
+    trained (dropout on), on the labels trained on: with shuffle_labels, how far the net has
+    memorised the permuted labels.
     """
     if run_seed is not None:
         seed = run_seed
@@ -179,12 +183,14 @@ def train_classifier(
         batches = range(0, len(train), batch_size)
         step = epoch * len(batches)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, mininterval=5)
-        running, seen = 0.0, 0
+        running, seen, hits = 0.0, 0, 0
         for i in bar:
             idx = order[i : i + batch_size]
             x = pre(train.images[idx.numpy()]).to(device)
             y = labels[idx].to(device)
-            loss = nn.functional.cross_entropy(model(x), y)
+            out = model(x)
+            loss = nn.functional.cross_entropy(out, y)
+            hits += (out.detach().argmax(1) == y).sum().item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -196,7 +202,14 @@ def train_classifier(
             bar.set_postfix(loss=f"{running / seen:.3f}", refresh=False)
         sched.step()
         test_metrics = evaluate(model, test, pre, device)
-        history.append({"epoch": epoch + 1, "train_loss": running / seen, **test_metrics})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": running / seen,
+                "train_accuracy": hits / seen,
+                **test_metrics,
+            }
+        )
         print(
             f"epoch {epoch + 1}: train loss {running / seen:.4f}, "
             f"test accuracy {test_metrics['accuracy']:.4f}"
@@ -230,6 +243,10 @@ def train_classifier(
         "relative_weight_change": relative_change(initial, model.state_dict()),
     }
     metrics["steps"] = epochs * -(-len(train) // batch_size)  # optimizer steps in all
+    if history and "train_accuracy" in history[-1]:
+        # the last epoch's training batches, on the labels trained on (permuted ones with
+        # shuffle_labels), in training mode (dropout on): how well the net fits them
+        metrics["train_accuracy"] = history[-1]["train_accuracy"]
     if run_seed is not None:
         metrics["run_seed"] = run_seed
     if shuffle_labels:

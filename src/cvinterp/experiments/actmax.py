@@ -297,7 +297,10 @@ def _erhan_claim(info: dict | None) -> dict:
     random starts, with a 95% bootstrap interval over the units; its null is the mean
     correlation between the optima of different units (per unit, resampled over the units)."""
     if not info:
-        return {"na": "experiments.actmax.erhan not set", "conditions": ""}
+        return {
+            "na": "experiments.actmax.erhan not set",
+            "conditions": "no Erhan et al. visualisations configured in this profile",
+        }
     conditions = (
         f"{info['model']} ({info['models'][info['model']]['training']}); "
         f"{len(next(iter(info['models'][info['model']]['layers'].values()))['units'])} units "
@@ -340,15 +343,19 @@ def _erhan_claim(info: dict | None) -> dict:
 def _yosinski_claim(info: dict | None) -> dict:
     """Per setting of Table 1: the target class's probability for the visualisation shown (the
     best image seen), mean over the classes with a 95% bootstrap interval over them (one class:
-    exact); its null is the same probability for the random start images."""
+    the spread is unknown, so the claim is at best inconclusive); its null is the same
+    probability for the random start images."""
     if not info:
-        return {"na": "experiments.actmax.yosinski not set", "conditions": ""}
+        return {
+            "na": "experiments.actmax.yosinski not set",
+            "conditions": "no Yosinski et al. class visualisations configured in this profile",
+        }
     classes = info["classes"]
 
     def mean_ci(values) -> tuple[float, tuple | None, str]:
         v = np.asarray(values, dtype=np.float64)
-        if len(v) < 2:
-            return float(v.mean()), None, f"{v.mean():.3g}"
+        if len(v) < 2:  # one class: no spread over classes to measure
+            return float(v.mean()), stats.UNKNOWN, f"{v.mean():.3g} (one class)"
         ci = stats.bootstrap(v, np.mean, seed=_seed(info))
         return float(v.mean()), ci, f"{v.mean():.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
 

@@ -41,6 +41,22 @@ def edge_correlation(images: np.ndarray, maps: torch.Tensor, boxes) -> np.ndarra
     return np.array(out)
 
 
+def other_unit_partners(units, image_ids, seed: int) -> np.ndarray:
+    """For each top activation i (unit-major, as `top_activations_of` gives them), the index
+    of a top activation of ANOTHER unit on ANOTHER image, drawn uniformly among those (seeded),
+    or -1 where there is none: the null's pairing, an image whose edges have nothing to do with
+    the projection (a neighbour in the list would be the same unit's next top image, often
+    alike or, for overlapping units, the very same image)."""
+    units, ids = np.asarray(units), np.asarray(image_ids)
+    rng = np.random.default_rng(seed)
+    out = np.full(len(units), -1, dtype=np.int64)
+    for i in range(len(units)):
+        ok = np.flatnonzero((units != units[i]) & (ids != ids[i]))
+        if len(ok):
+            out[i] = rng.choice(ok)
+    return out
+
+
 def _has_maxpool(model) -> bool:
     pools = (torch.nn.MaxPool2d, torch.nn.AdaptiveMaxPool2d)
     return any(isinstance(mod, pools) for mod in model.modules())
@@ -83,14 +99,18 @@ def compute(
                 flat = projections(m, lt, top, "deconvnet", "uniform")
                 flat_edges = edge_correlation(top.images, flat, top.box)
                 layer_info["edge_correlation_no_switches"] = float(np.mean(flat_edges))
-                # the null: each projection against another top image's edges (same box)
-                other = np.roll(top.images, 1, axis=0)
+                # the null: each projection against the edges (same box) of a top image of
+                # another unit, not the same image
+                ids = lt.tops.index[:, chosen].T.reshape(-1).numpy()
+                partner = other_unit_partners(top.unit.cpu().numpy(), ids, probe.seed)
+                ok = partner >= 0
+                other, box, sel = top.images[partner[ok]], top.box[ok], torch.from_numpy(ok)
                 pairs[name] = {
                     "layer": lt.layer,
                     "switches": edges,
                     "no_switches": flat_edges,
-                    "switches_other_image": edge_correlation(other, maps, top.box),
-                    "no_switches_other_image": edge_correlation(other, flat, top.box),
+                    "switches_other_image": edge_correlation(other, maps[sel], box),
+                    "no_switches_other_image": edge_correlation(other, flat[sel], box),
                 }  # the last (deepest) layer stays
             info["layers"][lt.layer] = layer_info
             shown[name].append(
@@ -141,7 +161,8 @@ def _paired_difference(a, b, axis=-1):
 def switch_gain(p: dict, seed: int) -> dict:
     """Mean over unit-image pairs of the edge correlation with switches minus without, its 95%
     paired bootstrap interval over the pairs; the null is the same gain with each projection
-    compared against another top image's edges (a switch gain that is not image-specific)."""
+    compared against the edges of a top image of another unit, not the same image
+    (`other_unit_partners`: a switch gain that is not image-specific)."""
     value = float(np.mean(p["switches"]) - np.mean(p["no_switches"]))
     interval = stats.bootstrap(
         (p["switches"], p["no_switches"]), _paired_difference, seed=seed, paired=True
@@ -163,13 +184,19 @@ def claims(result: Computed) -> dict:
         if p is None:
             left_out[name] = "no max-pooling: nothing to switch"
             continue
+        if len(p["switches_other_image"]) < 2:
+            left_out[name] = (
+                "no null: fewer than 2 top activations have a top image of another unit "
+                "(show more than one unit)"
+            )
+            continue
         est = parts[name] = switch_gain(p, seed)
         lo, hi = est["interval"]
         ours.append(
             f"{name} {p['layer']}: edge correlation {np.mean(p['switches']):.3f} with switches vs "
             f"{np.mean(p['no_switches']):.3f} without, gain {est['value']:+.3f} [{lo:+.3f}, "
-            f"{hi:+.3f}] over {len(p['switches'])} unit-image pairs; against another image's "
-            f"edges {est['null']:+.3f}"
+            f"{hi:+.3f}] over {len(p['switches'])} unit-image pairs; against the edges of a top "
+            f"image of another unit {est['null']:+.3f} ({len(p['switches_other_image'])} pairs)"
         )
     return {
         "switches_keep_image_structure": stats.claim(

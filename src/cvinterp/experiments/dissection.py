@@ -736,10 +736,11 @@ def _trained_vs_random(result: Computed) -> dict:
     """Per model, the deepest layer's unique detectors over the reach of its random
     initialisations (`_over_null`; the paper: 61 vs 2)."""
     layers, seed = result.data["layers"], result.data.get("seed", 0)
-    parts, texts, names = {}, [], []
+    parts, texts, names, left_out = {}, [], [], {}
     for name in result.metrics["models"]:
         det = _detections(result, name)
         if not det["random"]:
+            left_out[name] = "no random initialisation dissected"
             continue
         deepest = layers[name][-1]
         trained = _unique(det["trained"][deepest], seed, f"{name} {deepest} trained")
@@ -759,7 +760,7 @@ def _trained_vs_random(result: Computed) -> dict:
         "; ".join(texts) + " (unique detectors, per-category rule; value = trained / the upper "
         f"end of the random initialisations' intervals, at least {FLOOR}; intervals over units)",
         _conditions(result, names, f"{'/'.join(map(str, sorted(copies)))} random initialisations"),
-        left_out={} if parts else {"random copies": "random_copies is 0"},
+        left_out=left_out if parts else {"random copies": "random_copies is 0"},
     )
 
 
@@ -772,6 +773,8 @@ def _rotation(result: Computed) -> dict:
     for name, out in result.metrics["models"].items():
         alpha = _detections(result, name).get("alpha", {})
         if "1" not in alpha:
+            if alpha:
+                left_out[name] = "its rotations do not include alpha = 1"
             continue
         layer = out["rotations"]["layer"]
         base, base_r = _unique(alpha["0"], seed, f"{name} {layer} alpha 0")
@@ -808,11 +811,12 @@ def _training(result: Computed) -> dict:
     """Per model, the trained deepest layer's unique detectors over the reach of its first
     training snapshot (the initialisation: the null)."""
     seed = result.data.get("seed", 0)
-    parts, texts, names = {}, [], []
+    parts, texts, names, left_out = {}, [], [], {}
     for name, out in result.metrics["models"].items():
         snaps = out.get("snapshots")
         steps = _detections(result, name).get("step", {})
         if not snaps or not steps:
+            left_out[name] = "no training snapshots (imported, or trained without snapshots)"
             continue
         layer, first = snaps["layer"], min(steps, key=int)
         end = _unique(_detections(result, name)["trained"][layer], seed, f"{name} {layer} end")
@@ -838,6 +842,7 @@ def _training(result: Computed) -> dict:
         "; ".join(texts) + " (unique detectors, per-category rule; value = end / the upper end "
         f"of the first snapshot's interval, at least {FLOOR}; intervals over units)",
         _conditions(result, names, f"training {budget} (the paper: 2.4M iterations)"),
+        left_out=left_out,
     )
 
 

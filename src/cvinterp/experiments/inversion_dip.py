@@ -166,11 +166,11 @@ def claims(result: Computed) -> dict:
         else:
             left_out[name] = "fewer than two layers beyond the input"
         diff = np.mean([lay[layer]["tv"] - lay[layer]["dip"] for layer in lay], axis=0)
-        ci = stats.bootstrap(diff, np.mean, seed=seed) if len(diff) > 1 else None
+        ci = stats.bootstrap(diff, np.mean, seed=seed)  # one image: spread unknown
         gap[name] = stats.estimate(float(diff.mean()), ci)
         g_text.append(
             f"{name}: TV minus DIP pixel RMSE {diff.mean():+.3f}"
-            + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+            + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if np.isfinite(ci[0]) else "")
             + f" (mean over {len(lay)} layers, {len(diff)} image(s))"
         )
     info = result.metrics["models"]

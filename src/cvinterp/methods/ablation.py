@@ -215,16 +215,38 @@ class Ablation:
 
     @torch.no_grad()
     def correct(
-        self, keep: torch.Tensor, group: int = 16, progress=None, *, per_image: bool = False
+        self,
+        keep: torch.Tensor,
+        group: int = 16,
+        progress=None,
+        *,
+        per_image: bool = False,
+        images: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """keep (E, units) bool, False = zeroed -> (E, classes) correctly classified images;
         `progress` (a tqdm bar) advances by each chunk's images. With `per_image`, also the
         (E, images) bool correctness of every image (on the host, in the cached order: the
-        per-class counts recomputed under other labels give permutation nulls)."""
+        per-class counts recomputed under other labels give permutation nulls). `images`, a
+        bool mask over the cached images (in the cached order), restricts the evaluation to
+        those images (only they are run: the cost scales with their number); the per-image
+        columns are then theirs alone, in the cached order."""
         keep = keep.to(self.device)
         out = torch.zeros(len(keep), self.classes, dtype=torch.int64, device=self.device)
-        images = []
+        chosen = None if images is None else torch.as_tensor(images, dtype=torch.bool).cpu()
+        if chosen is not None and len(chosen) != sum(len(y) for _, y in self.chunks):
+            raise ValueError("correct: the image mask must cover every cached image")
+        start, images = 0, []
         for f, y in self._features():
+            size = len(y)  # the chunk's images, for the progress bar
+            if chosen is not None:
+                at = chosen[start : start + size]
+                start += size
+                if not bool(at.any()):
+                    if progress is not None:
+                        progress.update(size)
+                    continue
+                at = at.to(y.device)
+                f, y = f[at], y[at]
             rows = []
             base = self.split.first(f) if self.linear_update else None
             for e0 in range(0, len(keep), group):
@@ -248,7 +270,9 @@ class Ablation:
             if per_image:
                 images.append(torch.cat(rows))
             if progress is not None:
-                progress.update(len(y))
+                progress.update(size)
+        if per_image and not images:
+            images = [torch.zeros(len(keep), 0, dtype=torch.bool)]
         return (out, torch.cat(images, 1)) if per_image else out
 
     def labels(self) -> torch.Tensor:
