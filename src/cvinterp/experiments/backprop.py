@@ -266,9 +266,9 @@ def _label_randomisation_claim(dr: dict | None, specs: dict, seed: int) -> dict:
             "na": f"{dr['shuffled']} has not memorised its permuted labels: {why}, below the "
             f"{MEMORISED} the test needs, so it is near its random initialisation and the test "
             "would be a second model randomisation. Measurable where the permuted-label net "
-            "trains until it fits them: the paper profile trains it 30 epochs on the full "
-            "training set (see its train_accuracy); if that falls short, it needs more epochs "
-            "without weight decay, or fewer training images",
+            "trains until it fits them: the paper profile trains it 60 epochs on the full "
+            "training set without weight decay (see its train_accuracy); if that falls short, "
+            "it needs more epochs, or fewer training images",
             "conditions": conditions,
         }
     mean = dr["mean_spearman"]
