@@ -622,11 +622,15 @@ def test_the_released_units_are_kept_where_the_released_weights_are_dissected():
     labels = nd.UnitLabels(best, np.ones(256), best[:, None], np.ones((256, 1)))
     res = nd.LayerDissection(np.zeros(256), np.zeros((256, len(names))), labels, np.zeros((1, 256)))
     ref = {"trained": "caffenet_imagenet_conv5", "same_weights": True}
-    units = experiment._released_units(res, concepts, ref, doc, RELEASED, 0.04)
+    theirs = experiment._released_labels(RELEASED, doc[ref["trained"]])
+    units = experiment._released_units(res, concepts, ref, theirs, 0.04)
     assert len(units["ours"]) == 256 and len(units["theirs"]) == 97
+    counts = {"trained": {r: {"unique": 61} for r in ("per_category", "top_label")}}
+    against = experiment._against_released(counts, res, concepts, ref, doc, theirs, units, 0.04)
+    assert against["unit_label_agreement"] == 1.0  # the metrics' summary of the same units
     result = _result({"alexnet": _net(61, [2])}, "broden", {"alexnet conv5": units})
     est = experiment.claims(result)["released_unit_labels"]["parts"]["alexnet conv5"]
     assert est["value"] == 1.0
     assert _verdicts(result, "released_unit_labels") == {"released_unit_labels": "pass"}
     ref["same_weights"] = False
-    assert experiment._released_units(res, concepts, ref, doc, RELEASED, 0.04) is None
+    assert experiment._released_units(res, concepts, ref, theirs, 0.04) is None

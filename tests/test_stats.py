@@ -2,7 +2,15 @@
 
 import numpy as np
 
-from cvinterp.stats import bootstrap, claim, estimate, mean_difference, pearson, spearman
+from cvinterp.stats import (
+    bootstrap,
+    claim,
+    estimate,
+    interval_text,
+    mean_difference,
+    pearson,
+    spearman,
+)
 
 
 def test_bootstrap_is_seeded_and_covers_the_mean_at_about_95_percent():
@@ -54,3 +62,10 @@ def test_estimate_and_claim_entries():
         "conditions": "small net",
     }
     assert claim({"m": e}, "text", "c")["parts"]["m"] == e
+
+
+def test_interval_text():
+    assert interval_text(estimate(0.5, (0.25, 0.75))) == "[+0.250, +0.750]"
+    assert interval_text(estimate(5.0, (5.0, float("inf"))), ".0f") == "[5, inf]"
+    assert interval_text(estimate(0.5, bootstrap(np.array([0.5])))) == "(spread unknown)"
+    assert interval_text(estimate(0.5)) == "(exact)"

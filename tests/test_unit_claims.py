@@ -225,6 +225,13 @@ def test_object_occlusion_every_model_with_a_split_decides():
     assert verdict == "fail"
 
 
+def test_object_occlusion_of_one_image_has_an_unknown_spread():
+    """One correctly classified image: no interval over images, so no verdict either way (the
+    text said "[lo, hi]" of an interval that is not there, and failed)."""
+    verdict, entry = _occlusion_verdict({"fmnist": _drops(0.3, 1, 0.1)})
+    assert verdict == "inconclusive" and "(spread unknown)" in entry["ours"]
+
+
 def test_object_occlusion_na_without_a_split():
     entry = occlusion.claims(_occlusion_result({"squeezenet": None}))
     entry = entry["object_occlusion_hurts_more"]

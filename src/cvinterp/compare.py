@@ -253,19 +253,7 @@ def write_html(rows: list[dict], path: str | Path) -> None:
     """The table as one HTML page for the report, the four verdicts coloured."""
     import html
 
-    shown = [
-        "experiment",
-        "claim",
-        "paper",
-        "ours",
-        "value",
-        "interval",
-        "null",
-        "conditions",
-        "verdict",
-        "reason",
-        "source",
-    ]
+    shown = [c for c in COLUMNS if c not in ("id", "metric", "citation")]
     head = "".join(f"<th>{c}</th>" for c in shown)
     body = []
     for r in rows:

@@ -128,6 +128,18 @@ def estimate(
     return out
 
 
+def interval_text(est: dict, fmt: str = "+.3f") -> str:
+    """An estimate's interval for the `ours` text: "[lo, hi]" (an open end as +-inf),
+    "(spread unknown)" or "(exact)"."""
+    if est.get("spread") == "unknown":
+        return "(spread unknown)"
+    if "interval" not in est:
+        return "(exact)"
+    lo, hi = est["interval"]
+    lo, hi = (-np.inf if lo is None else lo), (np.inf if hi is None else hi)
+    return f"[{lo:{fmt}}, {hi:{fmt}}]"
+
+
 def claim(
     parts: dict[str, dict],
     ours: str,

@@ -191,12 +191,12 @@ def claims(result: Computed) -> dict:
             )
             continue
         est = parts[name] = switch_gain(p, seed)
-        lo, hi = est["interval"]
         ours.append(
             f"{name} {p['layer']}: edge correlation {np.mean(p['switches']):.3f} with switches vs "
-            f"{np.mean(p['no_switches']):.3f} without, gain {est['value']:+.3f} [{lo:+.3f}, "
-            f"{hi:+.3f}] over {len(p['switches'])} unit-image pairs; against the edges of a top "
-            f"image of another unit {est['null']:+.3f} ({len(p['switches_other_image'])} pairs)"
+            f"{np.mean(p['no_switches']):.3f} without, gain {est['value']:+.3f} "
+            f"{stats.interval_text(est)} over {len(p['switches'])} unit-image pairs; against the "
+            f"edges of a top image of another unit {est['null']:+.3f} "
+            f"({len(p['switches_other_image'])} pairs)"
         )
     return {
         "switches_keep_image_structure": stats.claim(

@@ -113,11 +113,13 @@ def _against_released(
     concepts: nd.Concepts,
     ref: dict,
     released: dict,
-    folder: Path,
+    labels: dict[int, tuple[str, float]] | None,
+    units: dict | None,
     threshold: float,
 ) -> dict:
     """Counts against the released ones; per-unit labels unit by unit where the same weights
-    were dissected, else the overlap of the sets of detected concepts."""
+    were dissected (`units`, from `_released_units`), else the overlap of the sets of detected
+    concepts."""
     entry = released[ref["trained"]]
     out = {"reference": ref["trained"], "network": entry["network"]}
     for rule, key in (("per_category", "unique_per_category"), ("top_label", "unique_top_label")):
@@ -132,20 +134,15 @@ def _against_released(
             "ours": ours["random"]["per_category"]["unique"],
             "released": rand["unique_per_category"],
         }
-    labels = _released_labels(folder, entry)
     if labels is not None:
         best = zip(res.labels.best, res.labels.best_iou, strict=True)
         detected = {concepts.names[c] for c, s in best if s > threshold}
         theirs = {name for name, s in labels.values() if s > threshold}
         union = detected | theirs
         out["detected_label_jaccard"] = len(detected & theirs) / len(union) if union else 0.0
-        if ref.get("same_weights"):
-            same = [
-                concepts.names[res.labels.best[u - 1]] == name
-                for u, (name, s) in labels.items()
-                if s > threshold and u - 1 < len(res.labels.best)
-            ]
-            out["unit_label_agreement"] = float(np.mean(same)) if same else 0.0
+    if units is not None:
+        same = [units["ours"][u] == name for u, name in units["theirs"].items()]
+        out["unit_label_agreement"] = float(np.mean(same)) if same else 0.0
     return out
 
 
@@ -153,17 +150,13 @@ def _released_units(
     res: nd.LayerDissection,
     concepts: nd.Concepts,
     ref: dict,
-    released: dict,
-    folder: Path,
+    labels: dict[int, tuple[str, float]] | None,
     threshold: float,
 ) -> dict | None:
     """Where the released net itself was dissected (`same_weights`): our best label of every
     unit, and the released label of each released detector unit (0-based units), for the
     unit-by-unit comparison and its null (`_unit_labels`)."""
-    if not ref.get("same_weights"):
-        return None
-    labels = _released_labels(folder, released[ref["trained"]])
-    if labels is None:
+    if not ref.get("same_weights") or labels is None:
         return None
     ours = [concepts.names[c] for c in res.labels.best]
     theirs = {u - 1: name for u, (name, s) in labels.items() if s > threshold and u - 1 < len(ours)}
@@ -411,18 +404,19 @@ def compute(
             released = Path(model.data["released"])
             doc = yaml.safe_load(released.read_text())
             for layer, ref in references.items():
-                units = _released_units(
-                    kept["trained", layer], concepts, ref, doc, released.parent, iou_threshold
-                )
+                labels = _released_labels(released.parent, doc[ref["trained"]])
+                dissected = kept["trained", layer]
+                units = _released_units(dissected, concepts, ref, labels, iou_threshold)
                 if units is not None:
                     same_units[f"{name} {layer}"] = units
                 out["layers"][layer]["released"] = _against_released(
                     out["layers"][layer],
-                    kept["trained", layer],
+                    dissected,
                     concepts,
                     ref,
                     doc,
-                    released.parent,
+                    labels,
+                    units,
                     iou_threshold,
                 )
         tables[name] = rows

@@ -164,10 +164,10 @@ def claims(result: Computed) -> dict:
         parts, ours = {}, []
         for n, g in gini.items():
             est = parts[n] = sharper(g["guided_backprop"], g[other], seed)
-            lo, hi = est["interval"]
             ours.append(
                 f"{n}: median Gini guided {np.median(g['guided_backprop']):.3f} vs {other} "
-                f"{np.median(g[other]):.3f}, difference {est['value']:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                f"{np.median(g[other]):.3f}, difference {est['value']:+.3f} "
+                f"{stats.interval_text(est)} "
                 f"({len(g[other])} unit-image pairs)"
             )
         out[f"guided_sharper_than_{other}"] = stats.claim(parts, "; ".join(ours), conditions)
@@ -188,10 +188,10 @@ def claims(result: Computed) -> dict:
         }
     else:
         est = error_estimate(t["error"], t.get("n_test"))
-        lo, hi = est.get("interval", (t["error"], t["error"]))
         out["all_cnn_c_test_error"] = stats.claim(
             {t["model"]: est},
-            f"{t['model']}: {t['error']:.2f}% CIFAR-10 test error [{lo:.2f}, {hi:.2f}] "
+            f"{t['model']}: {t['error']:.2f}% CIFAR-10 test error "
+            f"{stats.interval_text(est, '.2f')} "
             f"({t.get('n_test')} test images)",
             cond,
         )

@@ -158,7 +158,7 @@ def claims(result: Computed) -> dict:
             est = trend[name] = depth_trend([lay[layer]["dip"] for layer in deep], seed)
             t_text.append(
                 f"{name}: Spearman {est['value']:+.2f}"
-                + (" [{:+.2f}, {:+.2f}]".format(*est["interval"]) if "interval" in est else "")
+                + f" {stats.interval_text(est, '+.2f')}"
                 + f" over {len(deep)} layers ("
                 + ", ".join(f"{layer} {np.mean(lay[layer]['dip']):.3f}" for layer in deep)
                 + f"), {n_images} image(s)"

@@ -194,7 +194,7 @@ def claims(result: Computed) -> dict:
             est = trend[name] = depth_trend([lay[k]["pixel_pixel_rmse"] for k in layers], seed)
             texts["trend"].append(
                 f"{name}: Spearman {est['value']:+.2f}"
-                + (" [{:+.2f}, {:+.2f}]".format(*est["interval"]) if "interval" in est else "")
+                + f" {stats.interval_text(est, '+.2f')}"
                 + " over "
                 + ", ".join(f"{k} {np.mean(lay[k]['pixel_pixel_rmse']):.3f}" for k in layers)
             )

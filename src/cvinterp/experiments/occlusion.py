@@ -164,11 +164,10 @@ def claims(result: Computed) -> dict:
         diff = d[:, 0] - d[:, 1]
         est = parts[name] = stats.estimate(diff.mean(), stats.bootstrap(diff, _mean, seed=seed))
         o = info["object_vs_background"]
-        lo, hi = est["interval"]
         ours.append(
             f"{name}: mean drop of p(true class) {o['mean_drop_object']:.3f} with the square on "
             f"the item vs {o['mean_drop_background']:.3f} on the background, difference "
-            f"{est['value']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({o['images']} correctly classified "
+            f"{est['value']:+.3f} {stats.interval_text(est)} ({o['images']} correctly classified "
             f"test images; one-sided Wilcoxon p = {o['wilcoxon_p']:.2g})"
         )
     return {

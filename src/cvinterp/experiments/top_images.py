@@ -160,11 +160,10 @@ def claims(result: Computed) -> dict:
             continue
         est = purity_gain(tops["labels"], shallow, deep, seed)
         parts[name] = est
-        lo, hi = est["interval"]
         ours.append(
-            f"{name}: {last} minus {first} top-k purity {est['value']:+.3f} [{lo:+.3f}, "
-            f"{hi:+.3f}] ({deep.shape[1]} vs {shallow.shape[1]} live units; label-permuted "
-            f"null {est['null']:+.3f})"
+            f"{name}: {last} minus {first} top-k purity {est['value']:+.3f} "
+            f"{stats.interval_text(est)} ({deep.shape[1]} vs {shallow.shape[1]} live units; "
+            f"label-permuted null {est['null']:+.3f})"
         )
     return {
         "deeper_layers_class_specific": stats.claim(
