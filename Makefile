@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: setup run report docs test lint clean-venv
+.PHONY: setup run report docs test lint clean-venv rehearse
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ report: setup
 docs: setup
 	@test -n "$(RESULTS)" || (echo "usage: make docs RESULTS=results/<version>" && exit 2)
 	$(BIN)/python -m cvinterp.showcase $(RESULTS)
+
+# The paper profile at the papers' data sizes, on synthetic data in the real formats served
+# locally, every training capped to a few steps; writes $(REHEARSAL)/results/rehearsal-full/
+# rehearsal.md, the per-job table. SIZE=tiny is the test suite's few-minute version.
+REHEARSAL ?= rehearsal
+SIZE ?= full
+rehearse: setup
+	$(BIN)/python -m cvinterp.rehearsal --size $(SIZE) --workdir $(REHEARSAL)/$(SIZE) --cores $(CORES) --table
 
 lint: setup
 	$(BIN)/ruff check src tests workflow/scripts benchmarks

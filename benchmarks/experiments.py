@@ -93,9 +93,11 @@ def scaled_settings() -> dict:
 
 def imagenet_folder(root: Path, classes: int = 1000, per_class: int = 1) -> Path:
     """Random-noise JPEGs in ImageNet's 1000 class sub-folders (as ImageFolder reads them)."""
+    from cvinterp.data.images import imagenet_wnids
+
     rng = np.random.default_rng(0)
     for c in range(classes):
-        folder = root / f"n{c:08d}"
+        folder = root / imagenet_wnids()[c]
         folder.mkdir(parents=True)
         for i in range(per_class):
             pixels = rng.integers(0, 256, (240, 288, 3), dtype=np.uint8)

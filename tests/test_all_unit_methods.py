@@ -579,3 +579,34 @@ def test_opentsne_gradient_is_a_quarter_of_the_papers():
     paper = 4 * (((p - q) * w)[..., None] * d).sum(1)
     _, grad = kl_divergence_bh(y, scipy.sparse.csr_matrix(p), dof=1, bh_params={"theta": 0.0})
     np.testing.assert_allclose(paper, 4 * grad, rtol=1e-6, atol=1e-9)
+
+
+def test_the_unit_grid_of_an_fc_layer_is_one_mosaic(tmp_path):
+    """fc7's 4,096 units as 4,096 matplotlib panels took minutes and 9 GB (found by the
+    rehearsal); above `PANELS_AT_MOST` units the grid is one image, dead units greyed; the
+    1000-class map gets a colour scale, not 1000 ticks."""
+    from cvinterp.experiments import embedding as experiment
+    from cvinterp.figures import read_contents
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    n = experiment.PANELS_AT_MOST + 44
+    s = {
+        "size": 32,
+        "layer": "fc7",
+        "units": [[(img, (0, 16, 0, 16))] * 4 for _ in range(n)],
+        "dead": [u % 7 == 0 for u in range(n)],
+    }
+    experiment._unit_grid("net", s, 4, tmp_path / "units.png")
+    got = read_contents(tmp_path / "units.png")
+    assert got["panels"] == 1 and got["images"] == 1
+    assert "dead units greyed" in got["titles"][0]
+    s["units"], s["dead"] = s["units"][:20], s["dead"][:20]
+    experiment._unit_grid("net", s, 4, tmp_path / "few.png")
+    assert read_contents(tmp_path / "few.png")["panels"] == 20
+    pts = rng.normal(size=(50, 2))
+    maps = {"maps": {"t-SNE": pts, "PCA": pts}, "labels": np.arange(50) * 20, "layer": "fc7"}
+    maps["classes"] = [f"class {i}" for i in range(1000)]
+    metrics = {f"{k}_{m}": 0.5 for k in maps["maps"] for m in ("knn_accuracy", "trustworthiness")}
+    experiment._scatter("net", maps, metrics, tmp_path / "map.png")
+    assert read_contents(tmp_path / "map.png")["panels"] == 3

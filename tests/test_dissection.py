@@ -243,7 +243,8 @@ class _TinyNet(nn.Module):
 
 
 def _pre(images):
-    return torch.as_tensor(np.array(images)).permute(0, 3, 1, 2).float() / 255
+    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.array(images))
+    return x.permute(0, 3, 1, 2).float() / 255
 
 
 def _naive_dissect(model, ds, concepts, size, path, quantile, batch):
@@ -272,7 +273,8 @@ def _naive_dissect(model, ds, concepts, size, path, quantile, batch):
     return thr.numpy(), iou
 
 
-@pytest.mark.parametrize("cache_mb", [1024, 0])  # activations kept between passes, or not
+# the activations kept between passes; the decoded probe only; nothing
+@pytest.mark.parametrize("cache_mb", [1024, 0.005, 0])
 def test_dissect_equals_the_naive_computation(broden_root, cache_mb):
     torch.manual_seed(0)
     model = _TinyNet().eval()
@@ -297,6 +299,87 @@ def test_dissect_equals_the_naive_computation(broden_root, cache_mb):
     assert iou.max() > 0
     assert set(seconds) >= {"decode", "forward", "quantile", "tally"}
     assert res["conv2"].top_images.shape == (2, 3)
+
+
+def _counting(ds):
+    """Count the images and the label masks a dissection reads from `ds` (workers=0)."""
+    reads = {"images": [], "masks": []}
+    open_image, item = ds.open_image, ds.item
+
+    def counted_open(index):
+        reads["images"].append(index)
+        return open_image(index)
+
+    def counted_item(index, image=True):
+        reads["masks"].append(index)
+        return item(index, image=image)
+
+    ds.open_image, ds.item = counted_open, counted_item
+    return reads
+
+
+def _wide():
+    """Maps that take far more memory than the images (16 units at the input's size)."""
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()).eval()
+
+
+# 4 images: 3 kB of 16x16 images and 2 kB of 8x8 labels fit; 64 kB of activations do not
+FITS_THE_PROBE = 0.02
+
+
+def test_the_probe_is_decoded_once_where_it_fits(broden_root):
+    """Broden's activations never fit (76-330 GB), its decoded images do (9.5 GB): the
+    second pass recomputes the activations from the images in memory, and no image or mask is
+    read twice, in one dissection or in several sharing a feed."""
+    torch.manual_seed(0)
+    ds = BrodenDataset(broden_root)
+    reads = _counting(ds)
+    kw = dict(size=16, device="cpu", quantile=0.05, batch_size=3, workers=0)
+    nd.dissect_layers(_wide(), _pre, ["0"], ds, cache_mb=FITS_THE_PROBE, **kw)
+    assert sorted(reads["images"]) == [0, 1, 2, 3]
+    assert sorted(reads["masks"]) == [0, 1, 2, 3]
+    reads["images"].clear(), reads["masks"].clear()
+    feed = nd.ProbeFeed(
+        ds, nd.Concepts.of(ds), 16, batch_size=3, device="cpu", cache_mb=FITS_THE_PROBE
+    )
+    for seed in range(3):  # a trained net and random copies: the experiment's dissections
+        torch.manual_seed(seed)
+        nd.dissect_layers(_wide(), _pre, ["0"], ds, cache_mb=FITS_THE_PROBE, feed=feed, **kw)
+    assert sorted(reads["images"]) == [0, 1, 2, 3]
+    assert sorted(reads["masks"]) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="make it for this dissection"):
+        nd.dissect_layers(_wide(), _pre, ["0"], ds, feed=feed, **{**kw, "batch_size": 2})
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kept_probe_data_leave_every_result_unchanged(broden_root, workers):
+    """Decoded images and masks kept between passes and dissections (and a persistent pool of
+    workers reading different things in each pass) give the results of reading them afresh."""
+    ds = BrodenDataset(broden_root)
+    kw = dict(size=16, device="cpu", quantile=0.05, batch_size=3, top_k=2)
+    feed = nd.ProbeFeed(
+        ds,
+        nd.Concepts.of(ds),
+        16,
+        batch_size=3,
+        device="cpu",
+        workers=workers,
+        cache_mb=FITS_THE_PROBE if workers == 0 else 0,
+    )
+    for seed in range(2):
+        torch.manual_seed(seed)
+        model = _wide()
+        fresh, _ = nd.dissect_layers(model, _pre, ["0"], ds, workers=0, cache_mb=0, **kw)
+        kept, _ = nd.dissect_layers(
+            model, _pre, ["0"], ds, workers=workers, cache_mb=FITS_THE_PROBE, feed=feed, **kw
+        )
+        a, b = fresh["0"], kept["0"]
+        np.testing.assert_array_equal(a.thresholds, b.thresholds)
+        np.testing.assert_array_equal(a.iou, b.iou)
+        np.testing.assert_array_equal(a.labels.best, b.labels.best)
+        np.testing.assert_array_equal(a.labels.per_category, b.labels.per_category)
+        np.testing.assert_array_equal(a.top_images, b.top_images)
+        assert a.iou.max() > 0
 
 
 def test_dissect_reads_maps_after_the_relu(broden_root):

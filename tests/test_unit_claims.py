@@ -5,6 +5,8 @@ model decides."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -301,3 +303,26 @@ def test_all_cnn_c_test_error_interval():
     na = entry(30.0, 10000, "fashion_mnist")
     assert claim_verdict("all_cnn_c_test_error", na) == "n/a"
     assert "epoch" in na["conditions"]
+
+
+def test_no_usable_test_image_makes_the_occlusion_claim_na_not_a_stopped_run():
+    """A net that classifies none of its test images correctly (the rehearsal's barely trained
+    net) used to raise and stop the whole run; the claim is n/a for it, saying why."""
+    import torch
+
+    data = SimpleNamespace(images=np.zeros((4, 28, 28, 1), np.uint8), labels=np.ones(4, int))
+    m = SimpleNamespace(
+        name="fmnist",
+        images=SimpleNamespace(data=data, batches=lambda pre, bs, dev: [torch.zeros(4, 1, 28, 28)]),
+        model=lambda x: torch.tensor([[1.0, 0.0]]).repeat(len(x), 1),  # always class 0
+        pre=None,
+    )
+    info, drops = occlusion._object_vs_background(m, {}, 10, "cpu")
+    assert info["images"] == 0 and drops.shape == (0, 2)
+    result = Computed(
+        {"models": {"fmnist": {"window": 7, "object_vs_background": info}}},
+        {"drops": {"fmnist": drops}, "conditions": {"fmnist": "fmnist: constructed"}, "seed": 0},
+    )
+    entry = occlusion.claims(result)["object_occlusion_hurts_more"]
+    assert claim_verdict("object_occlusion_hurts_more", entry) == "n/a"
+    assert "correctly classified" in entry["na"] and "fmnist" in entry["na"]

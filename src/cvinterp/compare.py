@@ -214,16 +214,29 @@ def decide(claim: dict, measured: dict | None) -> dict:
     }
 
 
-def build_table(claim_files: list[str | Path], metrics_files: dict[str, str | Path]) -> list[dict]:
-    """One row per claim; metrics_files maps experiment name -> its metrics JSON."""
+def build_table(
+    claim_files: list[str | Path],
+    metrics_files: dict[str, str | Path],
+    left_out: dict[str, str] | None = None,
+) -> list[dict]:
+    """One row per claim; metrics_files maps experiment name -> its metrics JSON. `left_out`
+    maps an experiment the plan left out, whole or some of its models, to the reason (e.g. no
+    ImageNet folder): the claims of one left out whole are n/a with it; the others say it
+    after their own reason."""
     metrics = {e: json.loads(Path(p).read_text()) for e, p in metrics_files.items()}
+    left_out = left_out or {}
     rows = []
     for c in load_claims(claim_files):
         exp = metrics.get(c["experiment"])
         measured = None if exp is None else exp.get("claims", {}).get(c["id"])
         if exp is not None and measured is None:
             raise KeyError(f"metrics of {c['experiment']} lack claim {c['id']!r}")
+        why = left_out.get(c["experiment"])
+        if exp is None and why:
+            measured = {"na": why}
         cells = decide(c, measured)
+        if exp is not None and why:
+            cells["reason"] = f"{cells['reason']}; {why}" if cells["reason"] else why
         rows.append(
             {
                 "experiment": c["experiment"],

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,71 @@ def _check_language_models(config: dict) -> None:
         )
 
 
+IMAGENET_KEY = "datasets.imagenet_val.dir"
+
+
+def leave_out_without_imagenet(config: Mapping[str, Any]) -> tuple[dict, dict[str, list[str]]]:
+    """(the config to plan, {experiment: its models left out}). Without an ImageNet validation
+    folder (datasets.imagenet_val.dir null) each experiment's models that need it (its
+    declaration's `needs_imagenet`) are left out; so is an experiment left with no model, or
+    one whose settings name a model left out. With the folder, the config as it is."""
+    from cvinterp.experiments import declaration
+
+    if ((config.get("datasets") or {}).get("imagenet_val") or {}).get("dir"):
+        return dict(config), {}
+    planned = copy.deepcopy(dict(config))
+    left_out = {}
+    for name, exp in config["experiments"].items():
+        d = declaration(name)
+        if d.needs_imagenet is None:
+            continue
+        out = [m for m in d.needs_imagenet(exp, config["models"]) if m in exp["models"]]
+        if not out:
+            continue
+        left_out[name] = out
+        kept = {m: s for m, s in exp["models"].items() if m not in out}
+        named = [_dotted(exp, ref) for ref in d.model_references]
+        if not kept or any(v in out for v in named):
+            del planned["experiments"][name]
+            left_out[name] = list(exp["models"])
+        else:
+            planned["experiments"][name]["models"] = kept
+    return planned, left_out
+
+
+def _dotted(settings: Mapping[str, Any], key: str):
+    value = settings
+    for part in key.split("."):
+        value = (value or {}).get(part)
+    return value
+
+
+def left_out_line(left_out: Mapping[str, list[str]]) -> str:
+    """The one line the plan prints about what it left out for want of the ImageNet folder."""
+    what = ", ".join(f"{e} ({', '.join(ms)})" for e, ms in left_out.items())
+    return (
+        f"cvinterp: left out without {IMAGENET_KEY}: {what}; set {IMAGENET_KEY} to your ImageNet "
+        "validation folder (class sub-folders) to run them"
+    )
+
+
+def left_out_reasons(
+    left_out: Mapping[str, list[str]], planned: Mapping[str, Any]
+) -> dict[str, str]:
+    """{experiment: why its claims lack (some of) its models}, for the comparison table: the
+    claims of an experiment left out whole are n/a with this reason."""
+    reasons = {}
+    for name, models in left_out.items():
+        many = len(models) > 1
+        need = (
+            f"{', '.join(models)} {'need' if many else 'needs'} the ImageNet validation folder; "
+            f"set {IMAGENET_KEY} to run {'them' if many else 'it'}"
+        )
+        whole = name not in planned["experiments"]
+        reasons[name] = f"not run: {need}" if whole else f"left out: {need}"
+    return reasons
+
+
 def check_released_references(config: Mapping[str, Any], released: Mapping[str, Any]) -> None:
     """The dissection's references must name entries of the released results
     (config/netdissect/released.yaml); same_weights needs an entry with per-unit labels."""
@@ -159,41 +226,145 @@ def check_released_references(config: Mapping[str, Any], released: Mapping[str, 
                 )
 
 
-# Keys that name or place a run but do not change what it computes.
-NOT_HASHED = ("version", "resources_dir")
+#: Keys that name or place a run but do not change what it computes: the results folder's name,
+#: where downloads are kept, the CPU threads of a job and the device. `device` is placement
+#: too: `auto` is decided on the machine that runs a job (a cluster's login node plans jobs that
+#: run on GPU nodes), and float32 results differ between a CPU and a GPU only by rounding, as
+#: they do between two runs on one GPU (cuDNN); determinism is promised on the CPU only. So a
+#: folder trained on a GPU is reused on the CPU and back, and `threads: 16` keeps the folder of
+#: `threads: 8`.
+NOT_HASHED = ("version", "resources_dir", "threads", "device")
+
+#: Data folders given by path (datasets.<name>.dir): hashed by a fingerprint of their content,
+#: not by their path, so the same data elsewhere keeps the results folder.
+DATA_FOLDERS = ("fashion_mnist", "imagenet_val")
+
+#: Files of a folder whose bytes enter its fingerprint (a fixed, seeded sample; all when fewer).
+FINGERPRINT_SAMPLE = 64
 
 
-def _science(config: Mapping[str, Any]) -> dict:
-    return {k: v for k, v in config.items() if k not in NOT_HASHED}
+def folder_fingerprint(folder: str | Path, sample: int = FINGERPRINT_SAMPLE) -> str:
+    """A content fingerprint of a data folder (sha256, 16 hex digits), independent of where it
+    lies: the sorted relative paths and sizes of all its files (symbolic links followed), plus
+    the bytes of a fixed sample of `sample` of them (drawn with a seeded generator from the sorted
+    list; every file when there are fewer, e.g. Fashion-MNIST's four). A file added, removed,
+    renamed or resized changes it, and so do other bytes in a sampled file; a file rewritten in
+    place at the same size outside the sample does not (the price of speed: one stat per file,
+    50,000 ImageNet images in well under 2 s, and about 64 files read)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"data folder {str(folder)!r} does not exist or is not a folder")
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            files.append((os.path.relpath(path, root).replace(os.sep, "/"), os.stat(path).st_size))
+    files.sort()
+    digest = hashlib.sha256()
+    for rel, size in files:
+        digest.update(f"{rel}\0{size}\n".encode())
+    chosen = sorted(random.Random(0).sample(range(len(files)), min(sample, len(files))))
+    for i in chosen:
+        digest.update((root / files[i][0]).read_bytes())
+    return digest.hexdigest()[:16]
 
 
-def config_hash(config: Mapping[str, Any]) -> str:
-    """Hash of the resolved config without `version` and `resources_dir` (8 hex digits)."""
-    payload = _science(config)
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+def data_fingerprints(config: Mapping[str, Any]) -> dict[str, str | None]:
+    """The fingerprint of each data folder the config names (`folder_fingerprint`), None for a
+    folder not set. A folder that does not exist is a ConfigError naming its key."""
+    out = {}
+    for name in DATA_FOLDERS:
+        folder = ((config.get("datasets") or {}).get(name) or {}).get("dir")
+        try:
+            out[name] = None if not folder else folder_fingerprint(folder)
+        except ConfigError as err:
+            raise ConfigError(f"config key 'datasets.{name}.dir': {err}") from None
+    return out
+
+
+def hashed_view(
+    config: Mapping[str, Any], fingerprints: Mapping[str, str | None] | None = None
+) -> dict:
+    """What the results version hashes: the resolved config without the keys of `NOT_HASHED`,
+    each data folder's path replaced by its content fingerprint (`fingerprints`, computed from
+    the config's folders when not given), and of download overrides only the pinned checksums
+    (where a file comes from does not change it)."""
+    fps = data_fingerprints(config) if fingerprints is None else dict(fingerprints)
+    view = json.loads(json.dumps({k: v for k, v in config.items() if k not in NOT_HASHED}))
+    datasets = view.get("datasets") or {}
+    for name in DATA_FOLDERS:
+        if name in datasets:
+            datasets[name].pop("dir", None)
+            datasets[name]["fingerprint"] = fps.get(name)
+    (datasets.get("fashion_mnist") or {}).pop("download", None)  # where from, not what
+    if isinstance(view.get("downloads"), dict):
+        view["downloads"] = {
+            k: (v.get("hash") if isinstance(v, dict) else v) for k, v in view["downloads"].items()
+        }
+    return view
+
+
+def config_hash(
+    config: Mapping[str, Any], fingerprints: Mapping[str, str | None] | None = None
+) -> str:
+    """Hash of the config's `hashed_view` (8 hex digits)."""
+    text = json.dumps(hashed_view(config, fingerprints), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def version_of(config: Mapping[str, Any]) -> str:
+def version_of(
+    config: Mapping[str, Any], fingerprints: Mapping[str, str | None] | None = None
+) -> str:
     """The results folder name: the configured version, else '<profile>-<hash>'."""
-    return config.get("version") or f"{config['profile']}-{config_hash(config)}"
+    return config.get("version") or f"{config['profile']}-{config_hash(config, fingerprints)}"
 
 
-def check_version_folder(folder: str | Path, config: Mapping[str, Any]) -> None:
-    """Refuse a results folder that holds another config's results (never overwrite them)."""
+#: Next to config.json in a results folder: the view of the config its results depend on.
+HASHED_MARKER = "hashed_config.json"
+
+
+def check_version_folder(
+    folder: str | Path,
+    config: Mapping[str, Any],
+    fingerprints: Mapping[str, str | None] | None = None,
+) -> None:
+    """Refuse a results folder that holds another config's results (never overwrite them).
+    Configs are compared as the version hashes them (`hashed_view`): a folder written with
+    `threads: 8`, on another device or with the same data at another path is the same."""
     marker = Path(folder) / "config.json"
-    recorded = json.loads(marker.read_text()) if marker.exists() else None
-    if recorded is not None and _science(recorded) != json.loads(json.dumps(_science(config))):
+    if not marker.exists():
+        return
+    view = hashed_view(config, fingerprints)
+    hashed = Path(folder) / HASHED_MARKER
+    if hashed.exists():
+        same = json.loads(hashed.read_text()) == view
+    else:  # written before the hashed view was recorded: fingerprint its folders now
+        recorded = json.loads(marker.read_text())
+        try:
+            same = hashed_view(recorded) == view
+        except ConfigError:  # its data folder is gone: it cannot be shown to be the same
+            same = False
+    if not same:
         raise ConfigError(
             f"{folder} already holds results of a different config (see {marker}); "
             "results are never overwritten: set another 'version' (or null to derive one)."
         )
 
 
-def claim_version_folder(folder: str | Path, config: Mapping[str, Any]) -> None:
-    """Check the folder, then record the config there (`config.json`) for later runs."""
-    check_version_folder(folder, config)
+def claim_version_folder(
+    folder: str | Path,
+    config: Mapping[str, Any],
+    fingerprints: Mapping[str, str | None] | None = None,
+) -> None:
+    """Check the folder, then record the config there (`config.json`, and the view of it the
+    version hashes, `hashed_config.json`) for later runs."""
+    fps = data_fingerprints(config) if fingerprints is None else fingerprints
+    check_version_folder(folder, config, fps)
     marker = Path(folder) / "config.json"
     if not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(config, sort_keys=True, indent=1) + "\n")
+    hashed = Path(folder) / HASHED_MARKER
+    if not hashed.exists():
+        hashed.write_text(json.dumps(hashed_view(config, fps), sort_keys=True, indent=1) + "\n")

@@ -26,6 +26,18 @@ class _Tee:
         return False
 
 
+#: The line a job's log ends with where it used a CUDA device (the rehearsal's table reads it).
+PEAK_DEVICE = "cvinterp: peak device memory"
+
+
+def _peak_device_memory() -> None:
+    """Print the job's peak CUDA memory (allocated by tensors), where it used a CUDA device."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        peak = max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
+        print(f"{PEAK_DEVICE} {peak / 2**20:.0f} MiB")
+
+
 @contextlib.contextmanager
 def logged(log_path: str | Path):
     """Copy stdout and stderr (progress bars included) into `log_path` for the block."""
@@ -39,4 +51,5 @@ def logged(log_path: str | Path):
             traceback.print_exc()  # into the log too, so a failed job's log shows why
             raise
         finally:
+            _peak_device_memory()
             sys.stdout, sys.stderr = out, err

@@ -30,6 +30,42 @@ def channel_stats(data: ImageData) -> tuple[list[float], list[float]]:
     return mean.round(4).tolist(), std.clip(1e-3).round(4).tolist()
 
 
+class Batches:
+    """A split's uint8 images and labels, cut into batches for `device`.
+
+    On a CUDA device the images are copied there once when they take under a quarter of its
+    free memory (no copy per batch; the paper's training sets take 150 MB at most), else held
+    in pinned host memory and each batch copied without blocking; the labels are copied once.
+    Elsewhere a batch is cut from the arrays as they are. The pixels are the same either way,
+    and `pre` normalises them with the same float32 operations on any device."""
+
+    def __init__(self, data: ImageData, device: torch.device):
+        self.device = torch.device(device)
+        self.images, self.labels = data.images, torch.as_tensor(data.labels)
+        if self.device.type == "cuda":
+            images = torch.from_numpy(np.ascontiguousarray(data.images))
+            if images.nbytes <= torch.cuda.mem_get_info(self.device)[0] / 4:
+                self.images = images.to(self.device)
+            else:
+                self.images = images.pin_memory()
+            self.labels = self.labels.to(self.device)
+
+    def __call__(self, index: torch.Tensor, pre: Preprocessing) -> tuple[torch.Tensor, ...]:
+        """(preprocessed images, labels) of the items `index` (a CPU tensor of positions)."""
+        if isinstance(self.images, np.ndarray):
+            x = pre(self.images[index.numpy()]).to(self.device)
+            return x, self.labels[index].to(self.device)
+        if self.images.device.type == "cpu":  # pinned: gathered into pinned memory
+            batch = torch.empty(
+                (len(index), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=True
+            )
+            torch.index_select(self.images, 0, index, out=batch)
+            x = batch.to(self.device, non_blocking=True)
+        else:
+            x = self.images[index.to(self.device)]
+        return pre(x), self.labels[index.to(self.device)]
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -41,9 +77,9 @@ def evaluate(
     """Top-1 accuracy and mean cross-entropy over `data`."""
     model.eval()
     correct, loss = 0, 0.0
+    feed = Batches(data, device)
     for i in range(0, len(data), batch_size):
-        x = pre(data.images[i : i + batch_size]).to(device)
-        y = torch.as_tensor(data.labels[i : i + batch_size], device=device)
+        x, y = feed(torch.arange(i, min(i + batch_size, len(data))), pre)
         out = model(x)
         loss += nn.functional.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
@@ -173,6 +209,7 @@ def train_classifier(
     labels = torch.as_tensor(train.labels)
     if shuffle_labels:
         labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
+    feed = Batches(ImageData(train.images, labels.numpy(), train.classes), device)
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         model.train()
@@ -186,8 +223,7 @@ def train_classifier(
         running, seen, hits = 0.0, 0, 0
         for i in bar:
             idx = order[i : i + batch_size]
-            x = pre(train.images[idx.numpy()]).to(device)
-            y = labels[idx].to(device)
+            x, y = feed(idx, pre)
             out = model(x)
             loss = nn.functional.cross_entropy(out, y)
             hits += (out.detach().argmax(1) == y).sum().item()

@@ -1,5 +1,7 @@
+import copy
 import datetime
 import re
+import sys
 
 import yaml
 from pathlib import Path
@@ -13,9 +15,14 @@ from cvinterp.config import (
     check_released_references,
     check_version_folder,
     claim_version_folder,
+    data_fingerprints,
+    leave_out_without_imagenet,
+    left_out_line,
+    left_out_reasons,
     resolve,
     version_of,
 )
+from cvinterp.runtime import gpu_count
 
 # A profile given with --configfile replaces config/config.yaml instead of being merged into
 # it (profiles are complete files); --config key=value still overrides single keys.
@@ -34,16 +41,29 @@ check_released_references(
     config, yaml.safe_load((Path(workflow.basedir) / RELEASED).read_text())
 )
 
-VERSION = version_of(config)
+# The version hashes what determines the results (cvinterp.config.hashed_view): data folders by
+# a fingerprint of their content, not threads, device or paths.
+FINGERPRINTS = data_fingerprints(config)
+VERSION = version_of(config, FINGERPRINTS)
 RESULTS = f"results/{VERSION}"
 RESOURCES = config["resources_dir"]
 CLAIMS = sorted(
     str(p) for p in (Path(workflow.basedir) / "config/claims").glob("*.yaml")
 )
-EXPERIMENTS = list(config["experiments"])
 START_FILE = f".snakemake/cvinterp/{VERSION}.start"
 
-check_version_folder(RESULTS, config)
+check_version_folder(RESULTS, config, FINGERPRINTS)
+CONFIGURED = copy.deepcopy(config)  # as given: recorded in the results folder
+
+# Without the ImageNet validation folder, the models that need it are left out of the plan (and
+# an experiment left with none); one line says so, and their claims are n/a with the reason.
+_planned, LEFT_OUT = leave_out_without_imagenet(config)
+config.clear()
+config.update(_planned)
+LEFT_OUT_REASONS = left_out_reasons(LEFT_OUT, config)
+if LEFT_OUT and workflow.is_main_process:
+    print(left_out_line(LEFT_OUT), file=sys.stderr)
+EXPERIMENTS = list(config["experiments"])
 
 
 LANGUAGE_MODELS = list(config.get("language_models", {}))
@@ -51,8 +71,19 @@ LANGUAGE_MODELS = list(config.get("language_models", {}))
 # What a job asks a cluster for (profiles/slurm; locally only `threads` matters). Paper-scale jobs
 # are bigger and ask for a GPU when the device may be one. Memory grows with each attempt, so a
 # job killed for memory is resubmitted (`--retries`) with more; training resumes from its state.
+# Locally, a job that may use the GPU asks for one whenever this machine has one (any profile),
+# and the machine's GPUs bound how many such jobs run at once (unless --resources gpu=N says
+# otherwise); without a GPU, the default profile's jobs run side by side as before.
 PAPER = config["profile"] == "paper"
-GPU = int(config["device"] == "cuda" or (config["device"] == "auto" and PAPER))
+LOCAL_GPUS = (
+    gpu_count() if workflow.local_exec and config["device"] in ("auto", "cuda") else 0
+)
+GPU = int(
+    config["device"] == "cuda"
+    or (config["device"] == "auto" and (PAPER or LOCAL_GPUS > 0))
+)
+if GPU and LOCAL_GPUS and "gpu" not in workflow.global_resources:
+    workflow.global_resources["gpu"] = LOCAL_GPUS
 
 
 def memory(default, paper=None):
@@ -82,7 +113,7 @@ wildcard_constraints:
 
 
 onstart:
-    claim_version_folder(RESULTS, config)
+    claim_version_folder(RESULTS, CONFIGURED, FINGERPRINTS)
     Path(START_FILE).parent.mkdir(parents=True, exist_ok=True)
     Path(START_FILE).write_text(
         datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -18,6 +18,13 @@ rule get_fashion_mnist:
     params:
         source_dir=config["datasets"]["fashion_mnist"]["dir"],
         allow_download=config["datasets"]["fashion_mnist"]["download"],
+        content_sha256=config["datasets"]["fashion_mnist"]["content_sha256"],
+        downloads={
+            n: config["downloads"][n]
+            for pair in FASHION_FILES.values()
+            for n in pair
+            if n in config["downloads"]
+        },
         workdir=f"{RESOURCES}/packages",
     script:
         "../scripts/get_fashion_mnist.py"
@@ -38,6 +45,10 @@ rule download:
     resources:
         mem_mb=500,
         runtime=60,
+    params:
+        # the config's `downloads` override of the pinned address and hash (a mirror, the
+        # rehearsal's local server)
+        source=lambda wildcards: config["downloads"].get(wildcards.name),
     script:
         "../scripts/download.py"
 

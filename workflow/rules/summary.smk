@@ -27,6 +27,7 @@ rule compare:
         runtime=5,
     params:
         experiments=EXPERIMENTS,
+        left_out=LEFT_OUT_REASONS,
     script:
         "../scripts/compare.py"
 

@@ -3,7 +3,7 @@ from cvinterp.logs import logged
 
 with logged(snakemake.log[0]):
     metrics = {e: snakemake.input[e] for e in snakemake.params.experiments}
-    rows = build_table(snakemake.input.claims, metrics)
+    rows = build_table(snakemake.input.claims, metrics, left_out=snakemake.params.left_out)
     write_table(rows, snakemake.output[0])
     write_html(rows, snakemake.output.html)
     for r in rows:

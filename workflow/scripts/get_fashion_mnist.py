@@ -9,4 +9,6 @@ with logged(snakemake.log[0]):
         workdir=snakemake.params.workdir,
         source_dir=snakemake.params.source_dir,
         allow_download=snakemake.params.allow_download,
+        content_sha256=snakemake.params.content_sha256,
+        downloads=snakemake.params.downloads,
     )

@@ -33,8 +33,9 @@ def dataset_kwargs(
     name: str, datasets: dict, fashion_dir: str | None, cifar_dir: str | None, seed: int
 ) -> dict:
     """Map the config's `datasets` section onto `load_images`' arguments for dataset `name`."""
-    if name == "fashion_mnist":
-        return {"folder": fashion_dir}
+    if name == "fashion_mnist":  # content pins overridden in the config (the rehearsal)
+        pins = (datasets.get("fashion_mnist") or {}).get("content_sha256") or None
+        return {"folder": fashion_dir, "sha256": pins}
     if name == "cifar10":
         return {"folder": cifar_dir}
     if name == "photo_patches":

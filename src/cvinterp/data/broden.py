@@ -118,6 +118,13 @@ class BrodenDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.item(index)
 
+    def mask_layers(self, index: int) -> tuple[int, int, int]:
+        """(mask layers, sh, sw) of an item, from the index alone (no mask is read): what its
+        label planes take in memory."""
+        row = self.rows[index]
+        files, _ = self._parse(row)
+        return sum(map(len, files.values())), int(row["sh"]), int(row["sw"])
+
     def image_path(self, index: int) -> Path:
         """The image file of an item (checked to exist)."""
         path = self.root / "images" / self.rows[index]["image"]

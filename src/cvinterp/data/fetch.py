@@ -151,12 +151,23 @@ def verify_gunzipped(path: str | Path, sha256: str) -> None:
         )
 
 
-def download(name: str, dest_dir: str | Path) -> Path:
-    """Download a file of DOWNLOADS into `dest_dir` and verify it; offline gives one message."""
+_PINNED = object()  # `download`'s default: the url and hash of DOWNLOADS
+
+
+def download(name: str, dest_dir: str | Path, url: str | None = None, known=_PINNED) -> Path:
+    """Download a file of DOWNLOADS into `dest_dir` and verify it; offline gives one message.
+
+    `url` and `known` ("md5:..." / "sha256:...", or None to record the first download's
+    sha256) override the pinned address and hash (the config's `downloads` section: a mirror,
+    or the rehearsal's local server)."""
     import pooch
     import requests
 
-    url, known = DOWNLOADS[name]
+    if name not in DOWNLOADS:
+        raise DataError(f"unknown download {name!r}; known: {', '.join(DOWNLOADS)}")
+    url = url or DOWNLOADS[name][0]
+    if known is _PINNED:
+        known = DOWNLOADS[name][1]
     dest_dir = Path(dest_dir)
     target = dest_dir / name
     record = target.with_name(name + ".sha256")
@@ -256,19 +267,29 @@ def debian_files(package: str, paths: list[str], workdir: str | Path) -> dict[st
 
 
 def fashion_mnist_files(
-    dest: str | Path, workdir: str | Path, source_dir: str | None, allow_download: bool
+    dest: str | Path,
+    workdir: str | Path,
+    source_dir: str | None,
+    allow_download: bool,
+    content_sha256: dict[str, str] | None = None,
+    downloads: dict[str, dict] | None = None,
 ) -> Path:
     """Put the four verified Fashion-MNIST IDX files into `dest`.
 
-    Source order: `source_dir` if given; the Debian package dataset-fashion-mnist; a download
-    (only when `allow_download`, i.e. the paper profile).
+    Source order: `source_dir` if given; the Debian package dataset-fashion-mnist (installed,
+    or fetched with apt-get download); a download (only when `allow_download`, as the paper
+    profile does), which is also taken where apt-get/dpkg are missing or the package's files
+    do not match the pins. `content_sha256` overrides the pinned sha256 of a file's gunzipped
+    content (`FASHION_IDX_SHA256`), `downloads` the address/hash of a download (the config's
+    `downloads` section; see `download`).
     """
+    pins = {**FASHION_IDX_SHA256, **(content_sha256 or {})}
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     names = [n for pair in FASHION_FILES.values() for n in pair]
     try:  # already in place and intact: leave the files (and their times) alone
         for n in names:
-            verify_gunzipped(dest / n, FASHION_IDX_SHA256[n])
+            verify_gunzipped(dest / n, pins[n])
         return dest
     except DataError:
         pass
@@ -277,20 +298,42 @@ def fashion_mnist_files(
         missing = [str(p) for p in sources.values() if not p.exists()]
         if missing:
             raise DataError(f"datasets.fashion_mnist.dir lacks {', '.join(missing)}")
+    elif allow_download and all(n in (downloads or {}) for n in names):
+        # addresses set in the config (a mirror, the rehearsal's server) come first
+        sources = {n: download(n, workdir, **download_override(downloads[n])) for n in names}
     else:
         deb_root = "/usr/share/datasets/fashion-mnist/"
         try:
             got = debian_files("dataset-fashion-mnist", [deb_root + n for n in names], workdir)
             sources = {n: got[deb_root + n] for n in names}
-        except DataError:
+            if allow_download:  # the package's files must match the pins, else download
+                for n, src in sources.items():
+                    verify_gunzipped(src, pins[n])
+        except DataError as err:
             if not allow_download:
-                raise
-            sources = {n: download(n, workdir) for n in names}
+                raise DataError(
+                    f"{err}. Or let the workflow download Fashion-MNIST: set "
+                    "datasets.fashion_mnist.download: true (needs internet)"
+                ) from err
+            overrides = downloads or {}
+            sources = {
+                n: download(n, workdir, **download_override(overrides.get(n))) for n in names
+            }
     for n, src in sources.items():
-        verify_gunzipped(src, FASHION_IDX_SHA256[n])
+        verify_gunzipped(src, pins[n])
         if src.resolve() != (dest / n).resolve():
             shutil.copyfile(src, dest / n)
     return dest
+
+
+def download_override(entry: dict | None) -> dict:
+    """`download`'s url/known arguments from a config `downloads` entry ({url, hash})."""
+    if not entry:
+        return {}
+    out: dict = {"url": entry.get("url")}
+    if "hash" in entry:
+        out["known"] = entry["hash"]
+    return out
 
 
 # Debian gimp-data's 58 texture tiles: sha256 over "<Category>/<tile>.pat <sha256 of the file>"

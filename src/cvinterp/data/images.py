@@ -122,7 +122,7 @@ def read_idx(path: Path, sha256: str | None = None) -> np.ndarray:
     return data.reshape(shape)
 
 
-def fashion_mnist(folder: str | Path, split: str) -> ImageData:
+def fashion_mnist(folder: str | Path, split: str, sha256: dict | None = None) -> ImageData:
     folder = Path(folder)
     img_name, lab_name = FASHION_FILES[split]
     for name in (img_name, lab_name):
@@ -132,8 +132,9 @@ def fashion_mnist(folder: str | Path, split: str) -> ImageData:
                 "get_fashion_mnist rule (snakemake get_fashion_mnist), or "
                 "`apt-get install dataset-fashion-mnist`, or set datasets.fashion_mnist.dir"
             )
-    images = read_idx(folder / img_name, FASHION_IDX_SHA256[img_name])[..., None]
-    labels = read_idx(folder / lab_name, FASHION_IDX_SHA256[lab_name]).astype(np.int64)
+    pins = {**FASHION_IDX_SHA256, **(sha256 or {})}  # the config may override the pins
+    images = read_idx(folder / img_name, pins[img_name])[..., None]
+    labels = read_idx(folder / lab_name, pins[lab_name]).astype(np.int64)
     return ImageData(images.copy(), labels, list(FASHION_CLASSES))
 
 
@@ -309,6 +310,7 @@ def load_images(
     patch_size: int = 32,
     n_train: int = 20000,
     n_test: int = 2000,
+    sha256: dict | None = None,
 ) -> ImageData:
     """Ask for an in-memory image dataset by name and split ('train' or 'test')."""
     if split not in ("train", "test"):
@@ -316,7 +318,7 @@ def load_images(
     if name == "fashion_mnist":
         if folder is None:
             raise DataError("fashion_mnist needs the folder of its IDX files")
-        return fashion_mnist(folder, split)
+        return fashion_mnist(folder, split, sha256)
     if name == "mnist5k":
         return mnist5k(split)
     if name == "digits":
@@ -330,9 +332,24 @@ def load_images(
     raise DataError(f"unknown image dataset {name!r}; known: {', '.join(IMAGE_DATASETS)}")
 
 
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k class wnids, sorted (n01440764 ... n15075141): class index i is the
+    i-th (torchvision's ImageNet class order; shipped as cvinterp/data/imagenet_wnids.txt)."""
+    from importlib.resources import files
+
+    return files("cvinterp.data").joinpath("imagenet_wnids.txt").read_text().split()
+
+
+def _some(names: list[str], k: int = 5) -> str:
+    return ", ".join(names[:k]) + (", ..." if len(names) > k else "")
+
+
 def imagenet_val(folder: str | Path | None, transform=None):
-    """An ImageNet validation folder (one sub-folder per class, as torchvision's ImageFolder
-    expects), streamed from disk. Licence-gated: a path the user gives, never downloaded."""
+    """An ImageNet validation folder (one sub-folder per class named by its wnid, as
+    torchvision's ImageFolder expects), streamed from disk. Licence-gated: a path the user
+    gives, never downloaded. The sub-folders must be exactly the 1000 ImageNet-1k wnids, so that
+    a class index is the wnid's position in the sorted official list (`imagenet_wnids`), the
+    index every ImageNet net of the zoo predicts."""
     from torchvision.datasets import ImageFolder
 
     if not folder or not Path(folder).is_dir():
@@ -340,7 +357,31 @@ def imagenet_val(folder: str | Path | None, transform=None):
             f"ImageNet validation folder {folder!r} not found: ImageNet is licence-gated and "
             "never downloaded; set datasets.imagenet_val.dir to your copy (class sub-folders)"
         )
-    ds = ImageFolder(str(folder), transform=transform)
-    if len(ds.classes) != 1000:
-        raise DataError(f"{folder} has {len(ds.classes)} class folders, ImageNet has 1000")
+    wnids = imagenet_wnids()
+    names = sorted(p.name for p in Path(folder).iterdir() if p.is_dir())
+    if names != wnids:
+        missing = sorted(set(wnids) - set(names))
+        extra = sorted(set(names) - set(wnids))
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} ImageNet wnids have no folder ({_some(missing)})")
+        if extra:
+            problems.append(f"{len(extra)} folders are not ImageNet wnids ({_some(extra)})")
+        raise DataError(
+            f"{folder} has {len(names)} class folders, not the 1000 ImageNet-1k classes: "
+            + "; ".join(problems)
+            + ". Its sub-folders must be named by the classes' wnids (n01440764 ... n15075141),"
+            " so that class indices match the networks' (folders named 0-999 would sort "
+            "differently and mislabel the images); move each validation image into the folder "
+            "of its wnid (e.g. with the ILSVRC2012 devkit's ground truth) and remove any other "
+            "folder"
+        )
+    try:
+        ds = ImageFolder(str(folder), transform=transform)
+    except FileNotFoundError as err:  # a class folder without an image file
+        raise DataError(
+            f"{folder}: {err}; every class folder needs its validation images (.JPEG files)"
+        ) from err
+    if ds.classes != wnids:  # ImageFolder sorts the names: index i is the i-th wnid
+        raise DataError(f"{folder}: ImageFolder's classes differ from the sorted ImageNet wnids")
     return ds

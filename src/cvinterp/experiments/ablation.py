@@ -19,12 +19,24 @@ from cvinterp import figures as fig
 from cvinterp import stats
 from cvinterp.data.images import DataError
 from cvinterp.data.probe import FolderProbe
-from cvinterp.experiments.common import Computed, Declaration, Loaded, Model, Probe, load
+from cvinterp.experiments.common import (
+    Computed,
+    Declaration,
+    Loaded,
+    Model,
+    Probe,
+    imagenet_nets,
+    imagenet_resize,
+    load,
+)
 from cvinterp.methods import ablation as ab
 from cvinterp.models import layer_path
 
+# an ImageNet net is ablated on labelled ImageNet images only (the offline photo crops have no
+# ImageNet classes)
 DECLARATION = Declaration(
-    figures=lambda s: [f"{m}_{layer}" for m, ms in s["models"].items() for layer in ms["layers"]]
+    figures=lambda s: [f"{m}_{layer}" for m, ms in s["models"].items() for layer in ms["layers"]],
+    needs_imagenet=imagenet_nets,
 )
 
 CLAIMS = (
@@ -47,14 +59,22 @@ def labelled(m: Loaded, probe: Probe, images: int | None):
                 "datasets.imagenet_val.dir to your ImageNet validation folder (class "
                 "sub-folders; licence-gated, never downloaded)"
             )
-        data = FolderProbe(folder, m.size, images, probe.threads)
+        data = FolderProbe(  # a seeded class-stratified sample of `images` of them
+            folder,
+            m.size,
+            images,
+            probe.threads,
+            seed=probe.seed,
+            resize=imagenet_resize(m.pre, m.arch),
+        )
         return data, len(data)
     n = len(m.images) if images is None else min(images, len(m.images))
     return m.images, n
 
 
 def _batches(data, pre, n: int, batch_size: int, device):
-    """(input, label) batches of the first n images, in dataset order."""
+    """(input, label) batches of the first n images, in the data's order (for the ImageNet
+    folder its stratified sample's, so any first n are stratified too)."""
     labels = torch.as_tensor(np.asarray(data.labels), dtype=torch.int64)
     seen = 0
     for x in data.batches(pre, batch_size, device):

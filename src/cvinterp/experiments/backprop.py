@@ -31,6 +31,8 @@ from cvinterp.models import zoo
 #: Datasets of grey items on a black background: the item is the pixels above 0, so how much
 #: of a saliency map falls on the object can be measured without a segmentation.
 ON_BLACK = ("fashion_mnist", "mnist5k")
+#: Images per backward pass of the saliency-on-object claim (memory: a batch, not the count).
+CLAIM_BATCH = 64
 
 
 def _check(settings: dict) -> None:
@@ -117,8 +119,13 @@ def compute(
             metrics["models"][name]["note"] = "trained on permuted labels"
         elif model.spec.get("dataset") in ON_BLACK:
             imgs, classes = class_images(m, claim_images, device)
-            grads = project(m.model, inputs(m, imgs, device), None, classes.to(device), "gradient")
-            metrics["saliency_on_object"][name] = saliency_on_object(grads[0].cpu(), imgs)
+            share: dict[str, list] = {"mass_on_item": [], "item_area": []}
+            for a in range(0, len(imgs), CLAIM_BATCH):  # the backward pass keeps activations
+                batch, cls = imgs[a : a + CLAIM_BATCH], classes[a : a + CLAIM_BATCH]
+                grads = project(m.model, inputs(m, batch, device), None, cls.to(device), "gradient")
+                for key, values in saliency_on_object(grads[0].cpu(), batch).items():
+                    share[key] += values
+            metrics["saliency_on_object"][name] = share
     name, top = sanity["model"], sanity["randomise_top"]
     m = loaded[name]
     top_down = list(reversed(list(zoo()[m.arch]["layers"].items())))

@@ -33,7 +33,7 @@ from cvinterp.data.probe import (
 from cvinterp.instrument import model_device
 from cvinterp.methods.backward import project
 from cvinterp.methods.top_images import receptive_field, top_activations
-from cvinterp.models import layer_path, load_checkpoint
+from cvinterp.models import layer_path, load_checkpoint, zoo
 
 
 def _none(settings: dict) -> list[str]:
@@ -42,6 +42,12 @@ def _none(settings: dict) -> list[str]:
 
 def _model_figures(settings: dict) -> list[str]:
     return list(settings["models"])
+
+
+def imagenet_nets(settings: dict, models: dict) -> list[str]:
+    """The experiment's models with ImageNet weights (imported or random: `weights` other than
+    `train`), from its settings and the config's `models`."""
+    return [m for m in settings["models"] if models[m].get("weights", "train") != "train"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,11 @@ class Declaration:
     runtime: tuple[int, int] = (60, 360)
     gpu: bool = True
     short: bool = False
+    #: (settings, the config's `models`) -> the experiment's models that need the ImageNet
+    #: validation folder (datasets.imagenet_val.dir), having no offline stand-in that measures
+    #: the same thing; without the folder the plan leaves them out (the experiment too when
+    #: none is left) and the comparison says why. None: none needs it.
+    needs_imagenet: Callable[[dict, dict], list[str]] | None = None
 
 
 @dataclass
@@ -137,10 +148,19 @@ class Loaded:
     imagenet: bool  # an ImageNet net (imported or random weights), not one trained here
 
 
+def imagenet_resize(pre, arch: str) -> int | None:
+    """The short side an ImageNet net's images are resized to before the centre crop: its
+    preprocessing's, or (a checkpoint written before it was recorded) the zoo's."""
+    if getattr(pre, "resize", None) is not None:
+        return pre.resize
+    return zoo().get(arch, {}).get("resize")
+
+
 def load(model: Model, probe: Probe, device, frozen: bool = False) -> Loaded:
     """A model from its checkpoint, in eval mode, with its probe images: a net trained here looks
-    at its dataset's test split; an ImageNet net at the first images of the validation folder,
-    or offline at crops of the bundled photos. `frozen`: no parameter needs a gradient
+    at its dataset's test split; an ImageNet net at a seeded class-stratified sample of the
+    validation folder (resized and centre-cropped as its weights were evaluated), or offline at
+    crops of the bundled photos. `frozen`: no parameter needs a gradient
     (methods that optimise the input)."""
     net, pre, ckpt = load_checkpoint(model.checkpoint, device)
     net.eval()
@@ -156,7 +176,14 @@ def load(model: Model, probe: Probe, device, frozen: bool = False) -> Loaded:
         size = pre.input_size
         folder = probe.datasets.get("imagenet_val", {}).get("dir")
         if folder:
-            images = FolderProbe(folder, size, probe.imagenet_probe, probe.threads)
+            images = FolderProbe(
+                folder,
+                size,
+                probe.imagenet_probe,
+                probe.threads,
+                seed=probe.seed,
+                resize=imagenet_resize(pre, ckpt["arch"]),
+            )
         else:
             crops = photo_crops(size, probe.imagenet_probe, probe.seed)
             images = InMemoryProbe(
@@ -209,8 +236,9 @@ def offline_imagenet(m: Loaded) -> bool:
 
 
 def probe_images(m: Loaded, n: int) -> np.ndarray:
-    """The first n labelled probe images; offline, an ImageNet net's bundled photos of known
-    class (uint8 NHWC)."""
+    """The first n labelled probe images (of the ImageNet folder: of its stratified sample, so
+    a stratified sample too); offline, an ImageNet net's bundled photos of known class (uint8
+    NHWC)."""
     if offline_imagenet(m):
         photo = photos(list(IMAGENET_CHECK)).values()
         return np.stack([centre_square(im, m.size) for im in photo])[:n]
@@ -232,9 +260,10 @@ def class_images(m: Loaded, n: int, device) -> tuple[np.ndarray, torch.Tensor]:
     return imgs, torch.as_tensor(m.images.labels[: len(imgs)])
 
 
-def to_unit(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1]."""
-    return torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 255
+def to_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1] (a tensor stays on its device)."""
+    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+    return x.permute(0, 3, 1, 2).float() / 255
 
 
 def from_unit(x: torch.Tensor) -> np.ndarray:

@@ -329,6 +329,18 @@ def compute(
             "seconds": {},
         }
 
+        # one feed for every dissection of this model: its images and masks are decoded once
+        # where they fit in cache_mb (each dissection reads the probe twice, and a model is
+        # dissected trained, random, rotated and at its snapshots)
+        feed = nd.ProbeFeed(
+            ds,
+            concepts,
+            size,
+            batch_size=batch_size,
+            device=device,
+            workers=probe.threads,
+            cache_mb=cache_mb,
+        )
         options = dict(
             size=size,
             device=device,
@@ -339,6 +351,7 @@ def compute(
             workers=probe.threads,
             top_k=top_images,
             cache_mb=cache_mb,
+            feed=feed,
         )
         run = partial(_run, pre=pre, ds=ds, paths=paths, seconds=out["seconds"], name=name)
         turns = {}
@@ -436,7 +449,7 @@ def compute(
             ),
         }
         metrics["models"][name] = out
-        del trained
+        del trained, feed, options, run
     data = {
         "tables": tables,
         "shown": shown,

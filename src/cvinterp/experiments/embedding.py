@@ -174,8 +174,15 @@ def _scatter(name: str, s: dict, metrics: dict, path) -> None:
         )
         ax.set_xticks([])
         ax.set_yticks([])
-    cbar = f.colorbar(sc, ax=axes, ticks=range(len(s["classes"])), fraction=0.02)
-    cbar.ax.set_yticklabels([c[:16] for c in s["classes"]], fontsize=7)
+    if len(s["classes"]) <= 10:
+        cbar = f.colorbar(sc, ax=axes, ticks=range(len(s["classes"])), fraction=0.02)
+        cbar.ax.set_yticklabels([c[:16] for c in s["classes"]], fontsize=7)
+    else:  # ImageNet's 1000 classes: a colour per class index, no tick per class
+        for ax in axes:
+            for c in ax.collections:
+                c.set_cmap("turbo")
+                c.set_clim(0, len(s["classes"]) - 1)
+        f.colorbar(sc, ax=axes, fraction=0.02, label="class index")
     f.suptitle(
         f"{name} {s['layer']}: features of {len(s['labels'])} probe images — t-SNE (van der "
         "Maaten & Hinton 2008) and PCA",
@@ -202,35 +209,56 @@ def _thumbnail_map(name: str, s: dict, path) -> None:
     fig.save(f, path)
 
 
+#: Above this many units, the unit grid is one mosaic image (thousands of panels, as for an
+#: fc layer's 4,096 units, take matplotlib minutes and gigabytes).
+PANELS_AT_MOST = 256
+
+
 def _unit_grid(name: str, s: dict, k: int, path) -> None:
     """Every unit of the layer: a tile of its top-k receptive-field crops, tiles in a square
-    grid."""
+    grid (a panel per unit; one mosaic, dead units greyed, above `PANELS_AT_MOST` units)."""
     import matplotlib.pyplot as plt
 
     kk = int(np.ceil(np.sqrt(k)))
     crop = 32 if s["size"] <= 64 else 48
-    tiles = []
-    for top in s["units"]:
-        tile = np.ones((kk * crop, kk * crop, 3))
+    side = kk * crop
+
+    def tile(top) -> np.ndarray:
+        out = np.full((side, side, 3), 255, np.uint8)
         for j, (img, box) in enumerate(top):
             r, q = divmod(j, kk)
-            tile[r * crop : (r + 1) * crop, q * crop : (q + 1) * crop] = fig.as_rgb(
-                fig.crop_to(img, box, crop)
-            )
-        tiles.append(tile)
-    n_units = len(tiles)
+            rgb = fig.crop_to(img, box, crop)
+            out[r * crop : (r + 1) * crop, q * crop : (q + 1) * crop] = np.round(rgb * 255)
+        return out
+
+    n_units = len(s["units"])
     cols = int(np.ceil(np.sqrt(n_units)))
     rows = int(np.ceil(n_units / cols))
+    title = f"{name} {s['layer']}: top-{k} receptive-field crops of every unit ({n_units} units)"
+    if n_units > PANELS_AT_MOST:
+        step = side + 2
+        mosaic = np.full((rows * step, cols * step, 3), 255, np.uint8)
+        for u, top in enumerate(s["units"]):
+            r, q = divmod(u, cols)
+            t = tile(top)
+            if s["dead"][u]:
+                t = (t // 2 + 64).astype(np.uint8)
+            mosaic[r * step : r * step + side, q * step : q * step + side] = t
+        inches = min(40.0, 0.25 * cols)
+        f, ax = plt.subplots(figsize=(inches, inches * rows / cols + 0.4))
+        ax.imshow(mosaic, interpolation="nearest")
+        ax.axis("off")
+        ax.set_title(f"units in rows of {cols}, unit 0 top left; dead units greyed", fontsize=8)
+        f.suptitle(title, fontsize=10)
+        fig.save(f, path)
+        return
     f, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.2 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for u, (ax, tile) in enumerate(zip(axes.ravel(), tiles, strict=False)):
-        ax.imshow(tile, interpolation="nearest")
+    for u, (ax, top) in enumerate(zip(axes.ravel(), s["units"], strict=False)):
+        ax.imshow(tile(top), interpolation="nearest")
         ax.set_title(f"{u}" + (" (dead)" if s["dead"][u] else ""), fontsize=6, pad=1)
-    f.suptitle(
-        f"{name} {s['layer']}: top-{k} receptive-field crops of every unit ({n_units} units)",
-        fontsize=10,
-    )
+    f.suptitle(title, fontsize=10)
     fig.save(f, path)
 
 

@@ -5,7 +5,6 @@ held-out reconstructions are from the images, and from their features."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from cvinterp import figures as fig
@@ -19,7 +18,8 @@ from cvinterp.experiments.common import (
     Probe,
     depth_trend,
     from_unit,
-    limit,
+    imagenet_nets,
+    imagenet_resize,
     load,
     module_path,
     split_of,
@@ -37,39 +37,38 @@ def _check(settings: dict) -> None:
         )
 
 
-DECLARATION = Declaration(input_layer=True, check=_check)
-
-
-class _Head:
-    """The first n images of a probe."""
-
-    def __init__(self, images, n: int):
-        self.images, self.n = images, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def batches(self, pre, batch_size, device):
-        return limit(self.images.batches(pre, batch_size, device), self.n)
+# An ImageNet net's inverters need ImageNet images: the offline photo crops are crops of 12
+# photos, so the held-out crops show the same photos as the training ones (memorised, not
+# inverted), and at the paper's 45,000 training images they would be capped at the probe size.
+DECLARATION = Declaration(input_layer=True, check=_check, needs_imagenet=imagenet_nets)
 
 
 def _training_images(m: Loaded, probe: Probe, n: int, n_test: int):
-    """(training images, test images uint8) for the inverters: the model's training split and
-    its probe (test) images; for an ImageNet net, the first n images of the validation folder for
-    training and the next n_test for testing (offline: photo crops)."""
+    """(training images, held-out test images), each answering `len()` and `batches()`: the
+    model's training split (its first n) and its probe (test) images (the first n_test); for an
+    ImageNet net, two disjoint seeded class-stratified samples of the validation folder (the
+    first n images of its stratified order for training, the next n_test for testing; both
+    cover every class once each has that many images), offline photo crops."""
     if not m.imagenet:
         train = InMemoryProbe(split_of(m.spec, "train", probe).head(n), "train")
-        test = np.stack([m.images.image(i) for i in range(min(n_test, len(m.images)))])
-        return train, test
+        return train, InMemoryProbe(m.images.data.head(n_test), m.images.description)
     folder = probe.datasets.get("imagenet_val", {}).get("dir")
     if folder:
-        both = FolderProbe(folder, m.size, n + n_test, probe.threads)
-    else:  # the offline stand-in, no bigger than the probe set of the unit experiments
-        total = min(n + n_test, probe.imagenet_probe)
-        both = InMemoryProbe(photo_crops(m.size, total, probe.seed), "photo crops")
-    n = min(n, len(both) - 1)
-    test = np.stack([both.image(i) for i in range(n, len(both))])
-    return _Head(both, n), test
+        order = FolderProbe(
+            folder,
+            m.size,
+            None,
+            probe.threads,
+            seed=probe.seed,
+            resize=imagenet_resize(m.pre, m.arch),
+        )
+        n = min(n, len(order) - 1)  # at least one held-out image
+        return order.part(0, n), order.part(n, n_test)
+    # the offline stand-in, no bigger than the probe set of the unit experiments
+    total = min(n + n_test, probe.imagenet_probe)
+    crops = photo_crops(m.size, total, probe.seed)
+    n = min(n, len(crops) - 1)
+    return InMemoryProbe(crops[:n], "photo crops"), InMemoryProbe(crops[n:], "photo crops")
 
 
 def compute(
@@ -114,29 +113,33 @@ def compute(
             progress=bar,
         )
         bar.close()
-        x = to_unit(test).to(device)
-        info = {"train_images": len(train), "test_images": len(x), "layers": {}}
-        recon, errors = {}, per_image.setdefault(name, {})
-        with torch.no_grad():
-            feats = inv.features(m.model, m.pre.from_unit(x), list(paths.values()))
-            target = dict(zip(names, feats, strict=True))
-            for (layer, loss), d in decoders.items():
-                r = recon[layer, loss] = d(target[layer])
-                f = inv.features(m.model, m.pre.from_unit(r), [paths[layer]])[0]
-                rmse = (r - x).flatten(1).pow(2).mean(1).sqrt()
-                feature_error = inv.relative_error(f, target[layer])
-                row = info["layers"].setdefault(layer, {})
-                row[f"{loss}_pixel_rmse"] = float(rmse.mean())
-                row[f"{loss}_feature_error"] = float(feature_error.mean())
-                # per held-out image, for the claims' intervals
-                errors.setdefault(layer, {})[f"{loss}_pixel_rmse"] = rmse.double().cpu().numpy()
-                errors[layer][f"{loss}_feature_error"] = feature_error.double().cpu().numpy()
+        # scored a batch at a time: at the paper's scale one batch of all held-out images
+        # through a deep layer's decoder would not fit any device
+        scores = inv.score_inverters(
+            m.model,
+            m.pre.from_unit,
+            decoders,
+            paths,
+            test.batches(to_unit, batch_size, device),
+            keep=shown,
+        )
+        n_test = len(next(iter(scores.pixel_rmse.values())))
+        info = {"train_images": len(train), "test_images": n_test, "layers": {}}
+        errors = per_image.setdefault(name, {})
+        for layer, loss in decoders:
+            rmse = scores.pixel_rmse[layer, loss]
+            feature_error = scores.feature_error[layer, loss]
+            row = info["layers"].setdefault(layer, {})
+            row[f"{loss}_pixel_rmse"] = float(rmse.mean())
+            row[f"{loss}_feature_error"] = float(feature_error.mean())
+            # per held-out image, for the claims' intervals
+            errors.setdefault(layer, {})[f"{loss}_pixel_rmse"] = rmse.double().numpy()
+            errors[layer][f"{loss}_feature_error"] = feature_error.double().numpy()
         metrics["models"][name] = info
-        k = min(shown, len(x))
         figure_data[name] = {
-            "images": x[:k].cpu(),
+            "images": scores.images,
             "layers": names,
-            "reconstructions": {key: r[:k].cpu() for key, r in recon.items()},
+            "reconstructions": scores.reconstructions,
         }
     return Computed(
         metrics, {"shown": figure_data, "losses": list(weights), "per_image": per_image}

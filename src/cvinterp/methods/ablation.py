@@ -148,6 +148,42 @@ def _contribution(first: nn.Module, x: torch.Tensor, units: torch.Tensor) -> tor
     return out.reshape(g, n, -1, h + 1, wd + 1)
 
 
+def device_free_bytes(device) -> int | None:
+    """Free memory of a CUDA device in bytes (`torch.cuda.mem_get_info`); None for a device
+    that does not report it (the CPU: the cache then shares the host memory anyway)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.cuda.mem_get_info(device)[0]
+
+
+#: Device memory kept free beside the cache: the CUDA context's growth, cuDNN's workspaces and
+#: the allocator's fragmentation.
+RESERVE_BYTES = 2**30
+#: Chunk-sized tensors the passes above the cut hold at once: the group of edited copies of a
+#: chunk (16 by default), their output, the part above's activations.
+WORKING_CHUNKS = 64
+
+
+def working_bytes(chunk_bytes: int) -> int:
+    """Device memory the passes above the cut need beside the cache, for chunks (one batch of
+    features) of `chunk_bytes`."""
+    return RESERVE_BYTES + WORKING_CHUNKS * chunk_bytes
+
+
+def cache_on_device(
+    total_bytes: float, cache_mb: float, free_bytes: int | None, working: int
+) -> bool:
+    """Whether `total_bytes` of cached features stay on the device: they fit in the `cache_mb`
+    the config allows and, where the device reports its free memory (`free_bytes`, measured
+    with the model and a batch already on it), in that free memory less `working` (what the
+    passes above the cut need). Otherwise they go to host memory and stream back chunk by chunk
+    (the same numbers, more copies)."""
+    if total_bytes > cache_mb * 2**20:
+        return False
+    return free_bytes is None or total_bytes <= free_bytes - working
+
+
 class Ablation:
     """The evaluation set's features at the cut, cached once; the part above re-run per edit."""
 
@@ -172,13 +208,22 @@ class Ablation:
         progress=None,
     ) -> None:
         """Run the part below once over (input, label) batches; keep its output on the device
-        if all of it fits in `cache_mb`, else in host memory."""
+        if all of it fits in `cache_mb` and in the device's free memory less what the passes
+        above the cut need (`cache_on_device`), else in host memory (pinned on a CUDA device,
+        so that the chunks stream back with asynchronous copies)."""
         host, self.chunks = None, []
+        pin = self.device.type == "cuda"
         for x, y in batches:
             f = self.split.lower(x.to(self.device))
             if host is None:
-                host = f[0].numel() * f.element_size() * n_images > cache_mb * 2**20
-            self.chunks.append((f.cpu() if host else f, y.to(self.device)))
+                chunk = f.numel() * f.element_size()
+                total = f[0].numel() * f.element_size() * n_images
+                host = not cache_on_device(
+                    total, cache_mb, device_free_bytes(self.device), working_bytes(chunk)
+                )
+            if host:
+                f = f.to("cpu").pin_memory() if pin else f.cpu()
+            self.chunks.append((f, y.to(self.device)))
             self.classes = max(self.classes, int(y.max()) + 1)
             if progress is not None:
                 progress.update(len(x))

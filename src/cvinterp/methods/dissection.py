@@ -54,6 +54,7 @@ rotated bases Q^alpha (Sec. 3.2: is interpretability axis-aligned?).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -106,27 +107,55 @@ class Concepts:
     def __len__(self) -> int:
         return len(self.names)
 
-    def planes(self, item: dict) -> tuple[np.ndarray, np.ndarray]:
-        """One Broden item as (label planes int32 (L, sh, sw) of concept + 1, 0 = none: one per
-        mask layer of every category, then one full plane per whole-image label; the primary
-        categories of the labels the image carries, bool (K,)). A label number the probe does
-        not list (a corrupt mask) is unlabelled."""
+    @property
+    def dtype(self):
+        """The narrowest integer type that holds concept + 1 (what the label planes store)."""
+        return np.int16 if len(self) < np.iinfo(np.int16).max else np.int32
+
+    def labelled(self, item: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One Broden item's labels, compactly: (mask planes (M, sh, sw) of concept + 1 in
+        `dtype`, 0 = none, one per mask layer of every category; concept + 1 of each listed
+        whole-image label of the probe, int32 (W,); the primary categories of the labels the
+        image carries, bool (K,)). `planes` spreads them into full planes. A label number the
+        probe does not list (a corrupt mask) is unlabelled."""
         lut, shape = self.lookup, tuple(item["mask_shape"])
-        planes = []
+        masks = []
         for stack in item["masks"].values():
             for mask in stack:
                 known = (mask >= 0) & (mask < len(lut))
-                planes.append(np.where(known, lut[np.where(known, mask, 0)], 0).astype(np.int32))
-        for numbers in item["image_labels"].values():
-            for n in numbers:
-                if 0 <= n < len(lut) and lut[n]:
-                    planes.append(np.full(shape, lut[n], np.int32))
-        stack = np.stack(planes) if planes else np.zeros((0, *shape), np.int32)
+                masks.append(np.where(known, lut[np.where(known, mask, 0)], 0).astype(self.dtype))
+        whole = [
+            lut[n]
+            for numbers in item["image_labels"].values()
+            for n in numbers
+            if 0 <= n < len(lut) and lut[n]
+        ]
+        masks = np.stack(masks) if masks else np.zeros((0, *shape), self.dtype)
+        whole = np.asarray(whole, np.int32)
         present = np.zeros(len(self) + 1, bool)  # concept + 1 -> on this image
-        present[stack] = True
+        present[masks] = True
+        present[whole] = True
         carried = np.zeros(len(self.categories), bool)
         carried[self.category[present[1:]]] = True
-        return stack, carried
+        return masks, whole, carried
+
+    def planes(self, item: dict) -> tuple[np.ndarray, np.ndarray]:
+        """One Broden item as (label planes int32 (L, sh, sw) of concept + 1, 0 = none: one per
+        mask layer of every category, then one full plane per whole-image label; the primary
+        categories of the labels the image carries, bool (K,))."""
+        masks, whole, carried = self.labelled(item)
+        return _spread(masks, whole), carried
+
+
+def _spread(masks: np.ndarray, whole: np.ndarray, depth: int | None = None) -> np.ndarray:
+    """Mask planes and whole-image labels as `depth` (default: as many as there are) full
+    int32 label planes, the masks first, then one full plane per whole-image label, then empty
+    planes."""
+    n = len(masks) + len(whole)
+    planes = np.zeros((n if depth is None else depth, *masks.shape[1:]), np.int32)
+    planes[: len(masks)] = masks
+    planes[len(masks) : n] = whole.reshape(-1, 1, 1)
+    return planes
 
 
 class TopQuantile:
@@ -351,8 +380,11 @@ def count_detectors(
 
 class ProbeItems(torch.utils.data.Dataset):
     """A Broden-layout dataset as (image uint8 (size, size, 3), label planes, carried
-    categories), decoded in DataLoader workers; `masks=False` skips the masks (pass 1),
-    `images=False` the images (pass 2 with cached activations)."""
+    categories); `masks=False` skips the masks, `images=False` the images.
+
+    An index (i, images, masks) instead reads what the flags ask of item i, as (image or None,
+    `Concepts.labelled`'s compact labels or None): what `ProbeFeed`'s DataLoader workers
+    decode, one worker pool for passes that read different things."""
 
     def __init__(self, ds: BrodenDataset, concepts: Concepts, size: int, masks=True, images=True):
         self.ds, self.concepts, self.size = ds, concepts, size
@@ -370,7 +402,12 @@ class ProbeItems(torch.utils.data.Dataset):
                 im = im.resize((self.size, self.size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index):
+        if isinstance(index, tuple):
+            index, images, masks = index
+            image = self.image(index) if images else None
+            labels = self.concepts.labelled(self.ds.item(index, image=False)) if masks else None
+            return image, labels
         image = self.image(index) if self.images else None
         if not self.masks:
             return image, None, None
@@ -379,15 +416,167 @@ class ProbeItems(torch.utils.data.Dataset):
 
 
 def _collate(batch):
-    images = None if batch[0][0] is None else np.stack([b[0] for b in batch])
-    if batch[0][1] is None:
-        return images, None, None
-    depth = max(1, max(len(b[1]) for b in batch))
-    shape = batch[0][1].shape[1:]
-    planes = np.zeros((len(batch), depth, *shape), np.int32)
-    for i, (_, p, _) in enumerate(batch):
-        planes[i, : len(p)] = p
-    return images, torch.from_numpy(planes), torch.from_numpy(np.stack([b[2] for b in batch]))
+    """Items read by (i, images, masks) keys -> (images uint8 (B, S, S, 3) or None, the
+    images' compact labels or None)."""
+    images = None if batch[0][0] is None else torch.from_numpy(np.stack([b[0] for b in batch]))
+    labels = None if batch[0][1] is None else [b[1] for b in batch]
+    return images, labels
+
+
+class _Plan:
+    """The batch sampler of a `ProbeFeed`'s DataLoader: the batches of (i, images, masks) keys
+    of the pass under way (set before each pass: the workers persist across passes)."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, bool, bool]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _available_host_bytes() -> float:
+    """The host memory available now (MemAvailable of /proc/meminfo; unbounded where unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return math.inf
+
+
+def _label_bytes(ds, concepts: Concepts) -> int:
+    """What every image's compact labels take in memory (`Concepts.labelled`: the mask layers
+    in its dtype, with a small allowance per image), counted from the index: no mask read."""
+    width = np.dtype(concepts.dtype).itemsize
+    total = 0
+    for i in range(len(ds)):
+        layers, sh, sw = ds.mask_layers(i)
+        total += layers * sh * sw * width + 512
+    return total
+
+
+class ProbeFeed:
+    """The images and label planes of a probe, batch by batch in order, for the passes of one
+    or several dissections (of one probe at one input size and batch size).
+
+    What a pass needs is decoded by DataLoader workers (`workers`; persistent, one pool for
+    every pass, prefetching while the device computes; pinned and copied without blocking to a
+    CUDA device) and kept for later passes where it fits in `cache_mb`: the resized images
+    (uint8) on a CUDA device when they take under a quarter of its free memory, else in host
+    memory; the labels (mask layers at the mask size, `Concepts.labelled`) in host memory with
+    what the host's share leaves (at most half the memory available). Whatever is kept is
+    decoded once, by the first pass that reads it (a pass reads the labels too where they will
+    be kept), and the later passes and dissections read it from memory. The data are the same
+    either way, so the dissection's results are too.
+    """
+
+    def __init__(
+        self,
+        ds,
+        concepts: Concepts,
+        size: int,
+        *,
+        batch_size: int,
+        device,
+        workers: int = 0,
+        cache_mb: float = 0,
+    ):
+        self.items = ProbeItems(ds, concepts, size)
+        self.batch_size, self.device = batch_size, torch.device(device)
+        self.pin = self.device.type == "cuda"
+        n, budget = len(ds), cache_mb * 2**20
+        host = min(budget, _available_host_bytes() / 2)
+        image_bytes = n * size * size * 3
+        self.images_at: torch.device | None = None
+        if size and self.pin and image_bytes <= min(budget, torch.cuda.mem_get_info(device)[0] / 4):
+            self.images_at = self.device
+        elif size and image_bytes <= host:
+            self.images_at, host = torch.device("cpu"), host - image_bytes
+        self.images: torch.Tensor | None = None
+        self.labels: list | None = [None] * n if _label_bytes(ds, concepts) <= host else None
+        self.has_images = self.has_labels = False
+        self._plan = _Plan()
+        self._loader = torch.utils.data.DataLoader(
+            self.items,
+            batch_sampler=self._plan,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=self.pin,
+            persistent_workers=workers > 0,
+        )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def nbytes(self, device) -> int:
+        """Bytes of the kept images on `device` (and of the labels, on the CPU)."""
+        device = torch.device(device)
+        held = 0
+        if self.images is not None and self.images.device.type == device.type:
+            held += self.images.numel()
+        if self.labels is not None and device.type == "cpu":
+            held += sum(sum(a.nbytes for a in lab) for lab in self.labels if lab is not None)
+        return held
+
+    def batches(self, images: bool = True, labels: bool = True):
+        """Consecutive batches of `batch_size` images in dataset order: (images uint8
+        (B, S, S, 3), label planes int32 (B, L, sh, sw) of concept + 1 (0 = none; the masks,
+        then one full plane per whole-image label, then empty planes), carried categories bool
+        (B, K)), on the device, each None where not asked for."""
+        n, step = len(self), self.batch_size
+        read_images = (images or self.images_at is not None) and not self.has_images
+        read_labels = (labels or self.labels is not None) and not self.has_labels
+        if read_images and self.images_at is not None and self.images is None:
+            size = self.items.size
+            self.images = torch.empty((n, size, size, 3), dtype=torch.uint8, device=self.images_at)
+        starts = range(0, n, step)
+        if read_images or read_labels:
+            self._plan.batches = [
+                [(i, read_images, read_labels) for i in range(a, min(a + step, n))] for a in starts
+            ]
+            stream = iter(self._loader)
+        else:
+            stream = itertools.repeat((None, None))
+        for a, (got, lab) in zip(starts, stream, strict=False):
+            b = min(a + step, n)
+            x = planes = carried = None
+            if got is not None:
+                x = got.to(self.device, non_blocking=self.pin)
+                if self.images is not None:
+                    kept = x if self.images.device == x.device else got
+                    self.images[a:b].copy_(kept, non_blocking=self.pin)
+            elif images:
+                x = self.images[a:b].to(self.device, non_blocking=self.pin)
+            if lab is not None and self.labels is not None:
+                self.labels[a:b] = lab
+            if labels:
+                planes, carried = self._label_batch(lab if lab is not None else self.labels[a:b])
+            yield (x if images else None), planes, carried
+        self.has_images |= read_images and self.images is not None
+        self.has_labels |= read_labels and self.labels is not None
+        needed = (self.images_at is None, self.labels is None)
+        if not any(needed) and self.has_images and self.has_labels:
+            self._loader = None  # everything is in memory: the workers can go
+
+    def _label_batch(self, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        depth = max(1, max(len(m) + len(w) for m, w, _ in labels))
+        shape = labels[0][0].shape[1:]
+        planes = torch.zeros((len(labels), depth, *shape), dtype=torch.int32, pin_memory=self.pin)
+        view = planes.numpy()
+        for i, (masks, whole, _) in enumerate(labels):
+            view[i] = _spread(masks, whole, depth)
+        carried = torch.from_numpy(np.stack([c for _, _, c in labels]))
+        if self.pin:
+            carried = carried.pin_memory()
+        return (
+            planes.to(self.device, non_blocking=self.pin),
+            carried.to(self.device, non_blocking=self.pin),
+        )
 
 
 @dataclass
@@ -426,12 +615,6 @@ class _Clock:
         self._last = now
 
 
-def _loader(items: ProbeItems, batch_size: int, workers: int):
-    return torch.utils.data.DataLoader(
-        items, batch_size=batch_size, num_workers=workers, collate_fn=_collate
-    )
-
-
 @torch.no_grad()
 def dissect_layers(
     model: torch.nn.Module,
@@ -452,6 +635,7 @@ def dissect_layers(
     chunk: int = 1 << 25,
     rectify: bool = True,
     progress: str = "",
+    feed: ProbeFeed | None = None,
 ) -> tuple[dict[str, LayerDissection], dict[str, float]]:
     """Dissect the modules `paths` of `model` on `ds`; images resized to `size`.
 
@@ -461,10 +645,14 @@ def dissect_layers(
     (U, U) matrix applied to the rectified unit vector at every position), as the authors'
     `netprobe.py` rotates a blob; its result is keyed by `name`.
 
-    Pass 1 reads the images and streams the per-unit thresholds (and top images); pass 2 reads
-    the masks and tallies the IoUs. The layers' activations from pass 1 are kept on the device
-    when they fit in `cache_mb`, else pass 2 runs the model again. Returns the per-layer results
-    and the wall seconds per stage (decode, forward, quantile, tally).
+    Pass 1 runs the model on the images and streams the per-unit thresholds (and top images);
+    pass 2 tallies the IoUs against the masks. The layers' activations from pass 1 are kept on
+    the device when they fit in `cache_mb` (less what the feed keeps there), else pass 2 runs
+    the model again. The images and masks come from `feed` (a `ProbeFeed` of `ds` at `size` and
+    `batch_size`, shared by the dissections of one probe so that each image is decoded once;
+    default: one of this dissection's own, keeping what fits in `cache_mb`, so that pass 2
+    decodes nothing where it fits). Returns the per-layer results and the wall seconds per
+    stage (decode, forward, quantile, tally).
     """
     from tqdm import tqdm
 
@@ -484,6 +672,21 @@ def dissect_layers(
     keys = list(paths) + list(rotated)
     source = {p: p for p in paths} | {r: p for r, (p, _) in rotated.items()}
     concepts = Concepts.of(ds)
+    if feed is None:
+        feed = ProbeFeed(
+            ds,
+            concepts,
+            size,
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+            cache_mb=cache_mb,
+        )
+    elif (feed.items.ds, feed.items.size, feed.batch_size) != (ds, size, batch_size):
+        raise ValueError(
+            f"the probe feed serves {len(feed)} images at size {feed.items.size} in batches of "
+            f"{feed.batch_size}: make it for this dissection's probe, size and batch size"
+        )
     model.eval()
     clock = _Clock(device)
     quant = {p: TopQuantile(len(ds), quantile) for p in keys}
@@ -493,7 +696,7 @@ def dissect_layers(
     seen = 0
 
     def forward(images) -> dict[str, torch.Tensor]:
-        x = pre(images).to(device)
+        x = pre(images)
         if not geometry:  # the receptive fields, from the model's layers, once
             for p in paths:
                 geometry[p] = (
@@ -508,8 +711,9 @@ def dissect_layers(
         return acts
 
     clock.start()
-    batches = _loader(ProbeItems(ds, concepts, size, masks=False), batch_size, workers)
-    for images, _, _ in tqdm(batches, desc=f"{progress} thresholds", unit="batch"):
+    batches = feed.batches(images=True, labels=False)
+    total = -(-len(ds) // batch_size)
+    for images, _, _ in tqdm(batches, desc=f"{progress} thresholds", unit="batch", total=total):
         clock.lap("decode")
         acts = forward(images)
         clock.lap("forward")
@@ -518,7 +722,7 @@ def dissect_layers(
             tops[p].update(acts[p], seen)
         if cache is not None and seen == 0:
             per_image = sum(acts[p][0].numel() * acts[p].element_size() for p in keys)
-            if per_image * len(ds) > cache_mb * 2**20:
+            if per_image * len(ds) > cache_mb * 2**20 - feed.nbytes(device):
                 cache = None
         if cache is not None:
             for p in keys:
@@ -538,10 +742,10 @@ def dissect_layers(
         )
         for p in keys
     }
-    items = ProbeItems(ds, concepts, size, masks=True, images=cache is None)
     clock.start()
+    batches = feed.batches(images=cache is None, labels=True)
     for i, (images, planes, carried) in enumerate(
-        tqdm(_loader(items, batch_size, workers), desc=f"{progress} tally", unit="batch")
+        tqdm(batches, desc=f"{progress} tally", unit="batch", total=total)
     ):
         clock.lap("decode")
         if cache is None:
@@ -551,7 +755,6 @@ def dissect_layers(
             acts = {p: cache[p][i] for p in keys}
             for p in keys:
                 cache[p][i] = None  # free as we go
-        planes, carried = planes.to(device), carried.to(device)
         for p in keys:
             tallies[p].update(acts[p], thresholds[p], planes, carried)
         clock.lap("tally")
@@ -606,11 +809,11 @@ def iou_by_label(
         scoring=scoring,
         upsampler=Upsampler(fieldmap, input_size),
     )
-    items = ProbeItems(ds, concepts, size=0, masks=True, images=False)
+    feed = ProbeFeed(ds, concepts, 0, batch_size=batch_size, device=acts.device)
     start = 0
-    for _, planes, carried in _loader(items, batch_size, 0):
+    for _, planes, carried in feed.batches(images=False, labels=True):
         stop = start + len(planes)
-        tally.update(acts[start:stop], thr, planes.to(acts.device), carried.to(acts.device))
+        tally.update(acts[start:stop], thr, planes, carried)
         start = stop
     out = np.zeros((acts.shape[1], len(concepts.lookup)))
     out[:, concepts.numbers] = tally.iou().cpu().numpy()
@@ -737,6 +940,10 @@ class MemoryProbe:
         from PIL import Image
 
         return Image.fromarray(self.entries[index][0])
+
+    def mask_layers(self, index: int) -> tuple[int, int, int]:
+        """(mask layers, sh, sw) of an item (as `BrodenDataset.mask_layers`)."""
+        return sum(len(m) for m in self.entries[index][1].values()), *self.mask_shape
 
     def item(self, index: int, image: bool = True) -> dict:
         pixels, masks, whole = self.entries[index]

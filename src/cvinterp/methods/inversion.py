@@ -8,7 +8,8 @@
 - `tv_invert`: the hand-made prior baseline (Mahendran & Vedaldi 2015): the pixels themselves are
   fitted, with a total-variation penalty.
 - `Decoder` / `train_inverters`: learned inverters (Dosovitskiy & Brox 2016), one per layer,
-  trained with a pixel loss only or with pixel + feature (+ adversarial) losses.
+  trained with a pixel loss only or with pixel + feature (+ adversarial) losses;
+  `score_inverters`: their held-out errors, a batch at a time.
 
 Images are float (N, C, H, W) in [0, 1], RGB (or grey); `to_input` maps them into the network's
 normalised input (`Preprocessing.from_unit`). A layer is a module path, or None for the input
@@ -18,8 +19,8 @@ itself (the identity: inversion must give the image back). `dip_invert`, `tv_inv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -435,3 +436,58 @@ def train_inverters(
     for d in decoders.values():
         d.eval()
     return decoders
+
+
+@dataclass
+class Scores:
+    """Held-out errors of learned inverters, per (layer, loss): each image's pixel RMSE (on
+    [0, 1]) and relative feature error (float32, CPU, in the images' order); the first `keep`
+    images and their reconstructions (CPU)."""
+
+    pixel_rmse: dict = field(default_factory=dict)
+    feature_error: dict = field(default_factory=dict)
+    images: torch.Tensor | None = None
+    reconstructions: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def score_inverters(
+    model: nn.Module,
+    to_input: Callable,
+    decoders: dict[tuple[str, str], nn.Module],
+    layers: dict[str, str | None],
+    batches: Iterable[torch.Tensor],
+    keep: int = 0,
+) -> Scores:
+    """Every decoder's reconstructions of held-out images ([0, 1] float batches) and their
+    errors, one batch at a time: memory is bounded by the batch (a deep layer's decoder output
+    at the image size, for every decoder), not by the number of images. Per image the same
+    values as scoring all of them in one batch."""
+    names = list(layers)
+    paths = [layers[n] for n in names]
+    pixel: dict = {key: [] for key in decoders}
+    feature: dict = {key: [] for key in decoders}
+    kept, kept_r = [], {key: [] for key in decoders}
+    seen = 0
+    for x in batches:
+        target = dict(zip(names, features(model, to_input(x), paths), strict=True))
+        room = max(0, keep - seen)
+        if room:
+            kept.append(x[:room].cpu())
+        for key, d in decoders.items():
+            layer = key[0]
+            r = d(target[layer])
+            f = features(model, to_input(r), [layers[layer]])[0]
+            pixel[key].append((r - x).flatten(1).pow(2).mean(1).sqrt().cpu())
+            feature[key].append(relative_error(f, target[layer]).cpu())
+            if room:
+                kept_r[key].append(r[:room].cpu())
+        seen += len(x)
+    if not seen:
+        raise ValueError("no held-out images to score the inverters on")
+    return Scores(
+        {key: torch.cat(v) for key, v in pixel.items()},
+        {key: torch.cat(v) for key, v in feature.items()},
+        torch.cat(kept) if kept else x[:0].cpu(),
+        {key: torch.cat(v) if v else x[:0].cpu() for key, v in kept_r.items()},
+    )

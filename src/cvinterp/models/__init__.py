@@ -49,6 +49,9 @@ class Preprocessing:
     std: list[float] = field(default_factory=lambda: [0.25])
     bgr: bool = False
     input_size: int | None = None
+    #: short side an ImageNet image is resized to before its centre `input_size` crop (the
+    #: evaluation transform of the weights); None: the input size itself
+    resize: int | None = None
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (N,H,W,C) RGB -> float (N,C,H,W), scaled, channel-ordered and normalised."""
@@ -99,7 +102,11 @@ def first_layer(model: nn.Module, arch: str) -> nn.Module:
     return model.get_submodule(next(iter(zoo()[arch]["layers"].values())))
 
 
-IMAGENET_RGB = Preprocessing(1.0, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], False, 224)
+#: torchvision's ImageNet nets: the weights' own transforms() (Resize(256), CenterCrop(224),
+#: RGB in [0, 1] normalised), whatever the architecture
+IMAGENET_RGB = Preprocessing(
+    1.0, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], False, 224, resize=256
+)
 
 
 def default_preprocessing(arch: str) -> Preprocessing:
@@ -107,7 +114,12 @@ def default_preprocessing(arch: str) -> Preprocessing:
     if meta["mean"] is None:
         return Preprocessing(input_size=meta["input_size"])
     return Preprocessing(
-        meta["value_range"], meta["mean"], meta["std"], meta["bgr"], meta["input_size"]
+        meta["value_range"],
+        meta["mean"],
+        meta["std"],
+        meta["bgr"],
+        meta["input_size"],
+        resize=meta.get("resize"),
     )
 
 
