@@ -376,8 +376,9 @@ def train_inverters(
 ) -> dict[tuple[str, str], Decoder]:
     """Train one decoder per (layer, loss) on the images `batches()` yields ([0, 1] float).
 
-    All decoders see the same batches; the network runs once per batch on the originals and
-    once on all the reconstructions that need a feature loss.
+    All decoders see the same batches; the network runs once per batch on the originals and,
+    per layer, once on that layer's reconstructions that need a feature loss; the layers'
+    losses are backpropagated one layer at a time (the same gradients; one layer's graph held).
     """
     names = list(layers)
     paths = [layers[n] for n in names]
@@ -400,33 +401,38 @@ def train_inverters(
     opt_c = critics and torch.optim.Adam(
         [p for c in critics.values() for p in c.parameters()], lr=lr, betas=(0.5, 0.999)
     )
-    need_feat = [key for key in decoders if losses[key[1]].feature]
     for _ in range(epochs):
         for x in batches():
             x = normal_tensor(x.to(device))
             with torch.no_grad():
                 feats = dict(zip(names, features(model, to_input(x), paths), strict=True))
-            recon = {key: d(feats[key[0]]) for key, d in decoders.items()}
-            total = 0.0
-            if need_feat:
-                x_hat = torch.cat([recon[key] for key in need_feat])
-                # one forward pass of the network for every reconstruction that needs it
-                all_f = features(model, to_input(x_hat), [layers[k[0]] for k in need_feat])
-                for j, (key, f) in enumerate(zip(need_feat, all_f, strict=True)):
-                    f = f[j * len(x) : (j + 1) * len(x)]
-                    total = total + losses[key[1]].feature * relative_error(f, feats[key[0]]).mean()
-            for key, r in recon.items():
-                w = losses[key[1]]
-                total = total + w.pixel * F.mse_loss(r, x)
-                if key in critics:
-                    total = total + w.adversarial * F.softplus(-critics[key](r)).mean()
+            # one layer's decoders at a time, their gradients accumulated: only one layer's
+            # graph is held (all at once, AlexNet's four layers at batch 64 took ~19 GB)
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            recon = {}
+            for n in names:
+                group = {key: d(feats[n]) for key, d in decoders.items() if key[0] == n}
+                total = 0.0
+                need_feat = [key for key in group if losses[key[1]].feature]
+                if need_feat:
+                    # one forward pass of the network for the layer's reconstructions
+                    x_hat = torch.cat([group[key] for key in need_feat])
+                    (f_all,) = features(model, to_input(x_hat), [layers[n]])
+                    for j, key in enumerate(need_feat):
+                        f = f_all[j * len(x) : (j + 1) * len(x)]
+                        total = total + losses[key[1]].feature * relative_error(f, feats[n]).mean()
+                for key, r in group.items():
+                    w = losses[key[1]]
+                    total = total + w.pixel * F.mse_loss(r, x)
+                    if key in critics:
+                        total = total + w.adversarial * F.softplus(-critics[key](r)).mean()
+                total.backward()
+                recon |= {key: r.detach() for key, r in group.items()}
             opt.step()
             if critics:
                 opt_c.zero_grad(set_to_none=True)
                 c_loss = sum(
-                    F.softplus(-c(x)).mean() + F.softplus(c(recon[key].detach())).mean()
+                    F.softplus(-c(x)).mean() + F.softplus(c(recon[key])).mean()
                     for key, c in critics.items()
                 )
                 c_loss.backward()

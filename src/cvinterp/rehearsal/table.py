@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from cvinterp.config import resolve
 from cvinterp.logs import PEAK_DEVICE
 from cvinterp.rehearsal.compose import repo_root, sizes
 
@@ -153,7 +154,8 @@ def rows(workdir: Path, size: str) -> list[dict]:
     repo = repo_root()
     results = workdir / "results" / f"rehearsal-{size}"
     config = yaml.safe_load((workdir / "config.yaml").read_text())
-    paper = yaml.safe_load((repo / "config" / "paper.yaml").read_text())
+    schema = repo / "workflow" / "schemas" / "config.schema.yaml"  # with the defaults filled
+    paper = resolve(yaml.safe_load((repo / "config" / "paper.yaml").read_text()), schema)
     caps = sizes(repo)[size].get("overrides") or {}
     jobs = _benchmarks(results / "benchmarks")
     resources = Path(config.get("resources_dir", workdir / "resources"))
