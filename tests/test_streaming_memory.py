@@ -55,44 +55,40 @@ CASES = {
 # --------------------------------------------------------------------------- the child
 
 
-def _alexnet(path: Path) -> str:
+def _checkpoint(path: Path, arch: str, classes: int, channels: int, pre, meta: dict) -> str:
+    """A seeded random-weight net of the zoo saved as a checkpoint at `path`."""
     import torch
 
-    from cvinterp.models import IMAGENET_RGB, build, save_checkpoint
+    from cvinterp.models import build, save_checkpoint
 
     torch.manual_seed(0)
     save_checkpoint(
         path,
-        build("alexnet", 1000, 3),
-        arch="alexnet",
-        num_classes=1000,
-        in_channels=3,
+        build(arch, classes, channels),
+        arch=arch,
+        num_classes=classes,
+        in_channels=channels,
         arch_args={},
-        preprocessing=IMAGENET_RGB,
-        classes=[str(i) for i in range(1000)],
-        meta={"name": "alexnet", "weights": "random"},
+        preprocessing=pre,
+        classes=[str(i) for i in range(classes)],
+        meta=meta,
     )
     return str(path)
+
+
+def _alexnet(path: Path) -> str:
+    from cvinterp.models import IMAGENET_RGB
+
+    return _checkpoint(
+        path, "alexnet", 1000, 3, IMAGENET_RGB, {"name": "alexnet", "weights": "random"}
+    )
 
 
 def _all_cnn(path: Path) -> str:
-    import torch
+    from cvinterp.models import Preprocessing
 
-    from cvinterp.models import Preprocessing, build, save_checkpoint
-
-    torch.manual_seed(0)
-    save_checkpoint(
-        path,
-        build("all_cnn_c", 10, 1),
-        arch="all_cnn_c",
-        num_classes=10,
-        in_channels=1,
-        arch_args={},
-        preprocessing=Preprocessing(1.0, [0.286], [0.353], False, 28),
-        classes=[str(i) for i in range(10)],
-        meta={"name": "allcnn_fmnist", "weights": "train"},
-    )
-    return str(path)
+    pre = Preprocessing(1.0, [0.286], [0.353], False, 28)
+    return _checkpoint(path, "all_cnn_c", 10, 1, pre, {"name": "allcnn_fmnist", "weights": "train"})
 
 
 def _activation_bytes(model, x) -> int:

@@ -139,11 +139,41 @@ def _save_mask(path: Path, labels: np.ndarray) -> None:
     Image.fromarray(rgb, "RGB").save(path)
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
+
+
+def write_catalogue(root: Path, names: dict[str, list[str]], number, counts, coverage) -> None:
+    """Broden's catalogue of a probe in its layout: c_<category>.csv, category.csv and label.csv,
+    for the labels `names` ({category: names, in order}) with their label numbers
+    (`number[category, name]`), image counts and mean coverages (keyed by (category, number))."""
+    label_rows, category_rows = [], []
+    for cat, labels in names.items():
+        numbers = [number[cat, name] for name in labels]
+        category_rows.append(
+            [cat, numbers[0], numbers[-1], len(numbers), sum(counts[cat, n] for n in numbers)]
+        )
+        write_csv(
+            root / f"c_{cat}.csv",
+            ["code", "number", "name", "frequency", "coverage"],
+            [
+                [code, n, name, counts[cat, n], f"{coverage[cat, n]:.6g}"]
+                for code, (n, name) in enumerate(zip(numbers, labels, strict=True), 1)
+            ],
+        )
+        label_rows += [
+            [n, name, f"{cat}({counts[cat, n]})", counts[cat, n], f"{coverage[cat, n]:.6g}", ""]
+            for n, name in zip(numbers, labels, strict=True)
+        ]
+    write_csv(root / "category.csv", ["name", "first", "last", "count", "frequency"], category_rows)
+    write_csv(
+        root / "label.csv",
+        ["number", "name", "category", "frequency", "coverage", "syns"],
+        sorted(label_rows),
+    )
 
 
 def _slug(name: str) -> str:
@@ -245,40 +275,8 @@ def build_concept_probe(
             [f"{stem}.jpg", "train", size, size, half, half]
             + [cells.get(c, "") for c in INDEX_HEADER[6:]]
         )
-    _write_csv(root / "index.csv", INDEX_HEADER, index_rows)
-    label_rows, category_rows = [], []
-    for cat in CATEGORIES:
-        numbers = [number[cat, n] for n in names[cat]]
-        category_rows.append(
-            [cat, numbers[0], numbers[-1], len(numbers), sum(counts[cat, n] for n in numbers)]
-        )
-        _write_csv(
-            root / f"c_{cat}.csv",
-            ["code", "number", "name", "frequency", "coverage"],
-            [
-                [code, n, name, counts[cat, n], f"{coverage[cat, n]:.6g}"]
-                for code, (n, name) in enumerate(zip(numbers, names[cat], strict=True), 1)
-            ],
-        )
-        label_rows += [
-            [
-                number[cat, name],
-                name,
-                f"{cat}({counts[cat, number[cat, name]]})",
-                counts[cat, number[cat, name]],
-                f"{coverage[cat, number[cat, name]]:.6g}",
-                "",
-            ]
-            for name in names[cat]
-        ]
-    _write_csv(
-        root / "category.csv", ["name", "first", "last", "count", "frequency"], category_rows
-    )
-    _write_csv(
-        root / "label.csv",
-        ["number", "name", "category", "frequency", "coverage", "syns"],
-        sorted(label_rows),
-    )
+    write_csv(root / "index.csv", INDEX_HEADER, index_rows)
+    write_catalogue(root, {cat: names[cat] for cat in CATEGORIES}, number, counts, coverage)
     (root / "README.txt").write_text(
         "cvinterp offline concept probe: a stand-in for Broden in Broden's layout, NOT Broden.\n"
         f"{images} images of {size} px composed from the bundled photos (scene), GIMP texture\n"

@@ -18,15 +18,14 @@ from tqdm import tqdm
 from cvinterp import figures as fig
 from cvinterp import stats
 from cvinterp.data.images import DataError
-from cvinterp.data.probe import FolderProbe
 from cvinterp.experiments.common import (
     Computed,
     Declaration,
     Loaded,
     Model,
     Probe,
+    imagenet_folder,
     imagenet_nets,
-    imagenet_resize,
     load,
 )
 from cvinterp.methods import ablation as ab
@@ -59,14 +58,7 @@ def labelled(m: Loaded, probe: Probe, images: int | None):
                 "datasets.imagenet_val.dir to your ImageNet validation folder (class "
                 "sub-folders; licence-gated, never downloaded)"
             )
-        data = FolderProbe(  # a seeded class-stratified sample of `images` of them
-            folder,
-            m.size,
-            images,
-            probe.threads,
-            seed=probe.seed,
-            resize=imagenet_resize(m.pre, m.arch),
-        )
+        data = imagenet_folder(folder, m.size, images, m.pre, m.arch, probe)
         return data, len(data)
     n = len(m.images) if images is None else min(images, len(m.images))
     return m.images, n

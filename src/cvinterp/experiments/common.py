@@ -148,12 +148,14 @@ class Loaded:
     imagenet: bool  # an ImageNet net (imported or random weights), not one trained here
 
 
-def imagenet_resize(pre, arch: str) -> int | None:
-    """The short side an ImageNet net's images are resized to before the centre crop: its
-    preprocessing's, or (a checkpoint written before it was recorded) the zoo's."""
-    if getattr(pre, "resize", None) is not None:
-        return pre.resize
-    return zoo().get(arch, {}).get("resize")
+def imagenet_folder(folder, size: int, n: int | None, pre, arch: str, probe: Probe) -> FolderProbe:
+    """A seeded class-stratified sample of n images (None: all, in that order) of the ImageNet
+    validation `folder` for an ImageNet net, resized to its preprocessing's short side (or, for
+    a checkpoint written before that was recorded, the zoo's) and centre-cropped to `size`."""
+    resize = getattr(pre, "resize", None)
+    if resize is None:
+        resize = zoo().get(arch, {}).get("resize")
+    return FolderProbe(folder, size, n, probe.threads, seed=probe.seed, resize=resize)
 
 
 def load(model: Model, probe: Probe, device, frozen: bool = False) -> Loaded:
@@ -176,14 +178,7 @@ def load(model: Model, probe: Probe, device, frozen: bool = False) -> Loaded:
         size = pre.input_size
         folder = probe.datasets.get("imagenet_val", {}).get("dir")
         if folder:
-            images = FolderProbe(
-                folder,
-                size,
-                probe.imagenet_probe,
-                probe.threads,
-                seed=probe.seed,
-                resize=imagenet_resize(pre, ckpt["arch"]),
-            )
+            images = imagenet_folder(folder, size, probe.imagenet_probe, pre, ckpt["arch"], probe)
         else:
             crops = photo_crops(size, probe.imagenet_probe, probe.seed)
             images = InMemoryProbe(

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from cvinterp import figures as fig
 from cvinterp import stats
-from cvinterp.data.probe import FolderProbe, InMemoryProbe, photo_crops
+from cvinterp.data.probe import InMemoryProbe, photo_crops
 from cvinterp.experiments.common import (
     Computed,
     Declaration,
@@ -18,8 +18,8 @@ from cvinterp.experiments.common import (
     Probe,
     depth_trend,
     from_unit,
+    imagenet_folder,
     imagenet_nets,
-    imagenet_resize,
     load,
     module_path,
     split_of,
@@ -54,14 +54,7 @@ def _training_images(m: Loaded, probe: Probe, n: int, n_test: int):
         return train, InMemoryProbe(m.images.data.head(n_test), m.images.description)
     folder = probe.datasets.get("imagenet_val", {}).get("dir")
     if folder:
-        order = FolderProbe(
-            folder,
-            m.size,
-            None,
-            probe.threads,
-            seed=probe.seed,
-            resize=imagenet_resize(m.pre, m.arch),
-        )
+        order = imagenet_folder(folder, m.size, None, m.pre, m.arch, probe)
         n = min(n, len(order) - 1)  # at least one held-out image
         return order.part(0, n), order.part(n, n_test)
     # the offline stand-in, no bigger than the probe set of the unit experiments

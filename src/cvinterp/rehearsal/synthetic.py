@@ -21,7 +21,6 @@ classes) so that training and scoring code behave, and nothing more: it is NOT t
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import io
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cvinterp.data.concepts import FOCAL_COLOURS
+from cvinterp.data.concepts import FOCAL_COLOURS, write_catalogue, write_csv
 from cvinterp.data.images import FASHION_FILES, imagenet_wnids
 
 #: (width, height) of ImageNet validation images: mostly 500 px on the long side.
@@ -274,13 +273,6 @@ def _broden_chunk(root: str, start: int, stop: int, size: int, seed: int):
     return rows, counts, coverage
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
 def broden(
     root: str | Path,
     name: str = "broden1_224",
@@ -304,34 +296,9 @@ def broden(
         rows += r
         counts.update(n)
         coverage.update(c)
-    _write_csv(folder / "index.csv", _BRODEN_INDEX, rows)
-    number = _broden_numbers()
-    label_rows, category_rows = [], []
-    for cat in BRODEN_CATEGORIES:
-        numbers = [number[cat, n] for n in BRODEN_NAMES[cat]]
-        category_rows.append(
-            [cat, numbers[0], numbers[-1], len(numbers), sum(counts[cat, n] for n in numbers)]
-        )
-        _write_csv(
-            folder / f"c_{cat}.csv",
-            ["code", "number", "name", "frequency", "coverage"],
-            [
-                [code, n, label, counts[cat, n], f"{coverage[cat, n]:.6g}"]
-                for code, (n, label) in enumerate(zip(numbers, BRODEN_NAMES[cat], strict=True), 1)
-            ],
-        )
-        label_rows += [
-            [n, label, f"{cat}({counts[cat, n]})", counts[cat, n], f"{coverage[cat, n]:.6g}", ""]
-            for n, label in zip(numbers, BRODEN_NAMES[cat], strict=True)
-        ]
-    _write_csv(
-        folder / "category.csv", ["name", "first", "last", "count", "frequency"], category_rows
-    )
-    _write_csv(
-        folder / "label.csv",
-        ["number", "name", "category", "frequency", "coverage", "syns"],
-        sorted(label_rows),
-    )
+    write_csv(folder / "index.csv", _BRODEN_INDEX, rows)
+    names = {cat: BRODEN_NAMES[cat] for cat in BRODEN_CATEGORIES}
+    write_catalogue(folder, names, _broden_numbers(), counts, coverage)
     return folder
 
 
