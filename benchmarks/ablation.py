@@ -14,7 +14,7 @@ default), seeded random init, eval mode, ablated at `layer_path(arch, layer)` (A
 uniformly over the classes (`--labels random`) or, for a sharper agreement check, the intact
 model's own predictions (`--labels predicted`: base accuracy 100%, so every prediction a unit's
 zeroing flips shows up in the counts). Every unit is zeroed in turn and the correctly classified
-images are counted per class, three ways:
+images are counted per class, four ways:
 
 - naive:  for each unit u, one full forward pass over all N images (batches of B) inside
   `Instrument(model, [], edit={path: zero_u})`, zero_u cloning the layer's output and zeroing
@@ -24,10 +24,13 @@ images are counted per class, three ways:
   a disagreement would show), the rest spread evenly over the layer;
 - engine: `Ablation(model, path, device)`, `.cache(batches, cache_mb, N)` (the part below the
   cut, once; timed separately), then `.correct(single_units(U), group=G)` on all U units;
-- engine without linear update: the same with `linear_update=False` (the layer above the cut is
-  recomputed on the masked features instead of subtracting each unit's contribution). When
-  nothing linear sits right above the cut (AlexNet conv5: a max-pool follows), both engines run
-  the same code, so the second is not run again and the table says so.
+- engine before: `Ablation(..., commute=False)`, the engine before the per-channel pools moved
+  below the cut: the cut stops at the ReLU after the layer, and the pools, the flatten and the
+  layer above run again for every unit (AlexNet conv5: max-pool, average pool, flatten and fc6).
+  Run only where the two cuts differ;
+- engine without linear update: the same as the engine with `linear_update=False` (the layer
+  above the cut is recomputed on the masked features instead of subtracting each unit's
+  contribution). Run only where the linear update applies.
 
 Agreement: the per-class correct counts of each naive unit must equal the engine's for that unit,
 and the two engines' must be equal on all U units; the number of units whose counts differ is
@@ -71,7 +74,7 @@ import torch
 from common import device_name, print_table, resolve_device, timed, write_json
 
 from cvinterp.instrument import Instrument
-from cvinterp.methods.ablation import Ablation, single_units
+from cvinterp.methods.ablation import Ablation, single_units, split_at
 from cvinterp.models import build, layer_path
 
 SEED = 0
@@ -115,8 +118,8 @@ def run_naive(model, path: str, data, units: list[int], classes: int) -> torch.T
     return torch.stack(out)
 
 
-def run_engine(model, path, device, data, args, n_images, linear_update: bool) -> dict:
-    engine = Ablation(model, path, device, linear_update=linear_update)
+def run_engine(model, path, device, data, args, n_images, linear_update: bool, commute: bool):
+    engine = Ablation(model, path, device, linear_update=linear_update, commute=commute)
     t_cache, _ = timed(lambda: engine.cache(data, args.cache_mb, n_images), device)
     units = engine.units
     keep = single_units(units)
@@ -203,18 +206,28 @@ def main(argv: list[str] | None = None) -> dict:
     right = predict(model, data) == y  # the intact model
     base_correct = int(right.sum())
 
-    # engine, then engine without the linear update (when it would take another path)
-    eng = run_engine(model, path, device, data, args, n, linear_update=True)
+    # the engine; the engine as it was before the per-channel pools moved below the cut (when
+    # that takes another path); the engine without the linear update (when it applies)
+    eng = run_engine(model, path, device, data, args, n, linear_update=True, commute=True)
     units = eng["units"]
     lin_applies = eng["engine"].linear_update
+    split = eng["engine"].split
+    moved = len(split_at(model, path, commute=False).lower.graph.nodes) != len(
+        split.lower.graph.nodes
+    )
+    before = (
+        run_engine(model, path, device, data, args, n, linear_update=True, commute=False)
+        if moved
+        else None
+    )
     if lin_applies:
-        nolin = run_engine(model, path, device, data, args, n, linear_update=False)
+        nolin = run_engine(model, path, device, data, args, n, linear_update=False, commute=True)
     else:
         nolin = None
     on_host = eng["engine"].on_host
-    del eng["engine"]
-    if nolin is not None:
-        del nolin["engine"]
+    for r in (eng, before, nolin):
+        if r is not None:
+            del r["engine"]
 
     # naive, on n units: up to half of them among the units whose ablation changes the engine's
     # counts (where a disagreement would show), the rest evenly spread over the layer
@@ -234,12 +247,21 @@ def main(argv: list[str] | None = None) -> dict:
         None if nolin is None else differing(naive, padded(nolin["counts"], classes)[sub])
     )
     diff_engines = 0 if nolin is None else differing(eng_counts, padded(nolin["counts"], classes))
+    diff_before = (
+        None if before is None else differing(naive, padded(before["counts"], classes)[sub])
+    )
     per_unit_total = eng_counts.sum(1)
     changed_sub = int((naive != base_counts).any(1).sum())
     changed_all = len(changed)
 
     t_eng = eng["cache"] + eng["correct"]
     rows_t = {"engine": (eng["cache"], eng["correct"], t_eng)}
+    if before is not None:
+        rows_t["engine_before"] = (
+            before["cache"],
+            before["correct"],
+            before["cache"] + before["correct"],
+        )
     if nolin is not None:
         rows_t["engine_no_linear_update"] = (
             nolin["cache"],
@@ -269,6 +291,8 @@ def main(argv: list[str] | None = None) -> dict:
         "units": units,
         "naive_units": naive_units,
         "linear_update_applies": lin_applies,
+        "moved_below_cut": moved,
+        "flatten_into_first": split.flatten,
         "features_on_host": on_host,
         "seconds": {
             "naive_measured": t_naive,
@@ -284,10 +308,17 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_naive_over_engine_no_linear_update": (
             None if nolin is None else t_naive_all / rows_t["engine_no_linear_update"][2]
         ),
+        "ratio_naive_over_engine_before": (
+            None if before is None else t_naive_all / rows_t["engine_before"][2]
+        ),
+        "ratio_engine_before_over_engine": (
+            None if before is None else rows_t["engine_before"][2] / t_eng
+        ),
         "agreement": {
             "units_differing_naive_vs_engine": diff_naive,
             "units_differing_naive_vs_engine_no_linear_update": diff_nolin_naive,
             "units_differing_engine_vs_engine_no_linear_update": diff_engines,
+            "units_differing_naive_vs_engine_before": diff_before,
             "compared_units_naive": len(naive_units),
         },
         "workload": {
@@ -315,7 +346,11 @@ def main(argv: list[str] | None = None) -> dict:
                  f"{t_naive_all / units:.4f}", "1.0"))  # fmt: skip
     rows.append((f"  ({naive_note})", str(len(naive_units)), "", "", f"{t_naive:.2f}",
                  f"{t_naive / len(naive_units):.4f}", ""))  # fmt: skip
-    names = {"engine": "engine", "engine_no_linear_update": "engine, no linear update"}
+    names = {
+        "engine": "engine",
+        "engine_before": "engine, cut at the ReLU (before)",
+        "engine_no_linear_update": "engine, no linear update",
+    }
     for name, (tc, ta, tt) in rows_t.items():
         rows.append((names[name], str(units), f"{tc:.2f}", f"{ta:.2f}", f"{tt:.2f}",
                      f"{tt / units:.4f}", f"{t_naive_all / tt:.1f}"))  # fmt: skip
@@ -325,8 +360,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"naive/engine without the cache pass: {t_naive_all / eng['correct']:.1f}x; linear "
         f"update {'applies' if lin_applies else 'does not apply (no conv/linear right above)'}"
+        + (" (through the flatten)" if split.flatten else "")
+        + ("; per-channel ops moved below the cut" if moved else "")
     )
     parts = [f"naive vs engine: {diff_naive} of {len(naive_units)} units differ"]
+    if before is not None:
+        parts.append(f"naive vs engine before: {diff_before} of {len(naive_units)}")
     if nolin is not None:
         parts.append(f"naive vs engine without linear update: {diff_nolin_naive} of "
                      f"{len(naive_units)}")  # fmt: skip
@@ -341,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.out:
         write_json(result, args.out)
-    any_diff = diff_naive or diff_engines or diff_nolin_naive
+    any_diff = diff_naive or diff_engines or diff_nolin_naive or diff_before
     if any_diff and args.float64:
         raise SystemExit("float64: per-unit counts differ")
     if any_diff:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import statistics
 import time
 from collections.abc import Callable
 
@@ -72,3 +73,30 @@ def print_table(rows: list[tuple[str, ...]], left: int = 1) -> None:
                         for j, (c, w) in enumerate(zip(row, widths, strict=True))))  # fmt: skip
         if i == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def race(
+    runs: dict[str, Callable[[], object]],
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    warmup_runs: dict[str, Callable[[], object]] | None = None,
+) -> tuple[dict[str, float], dict[str, object]]:
+    """Median seconds per run of each callable, interleaved; plus the last output of each.
+    `warmup_runs` (default: `runs`) are what the untimed warm-up calls."""
+    outs: dict[str, object] = {}
+    for _ in range(warmup):
+        for fn in (warmup_runs or runs).values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            t, outs[name] = timed(fn, device)
+            times[name].append(t)
+    return {name: statistics.median(ts) for name, ts in times.items()}, outs
+
+
+def rel_diff(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()
+    scale = ref.abs().max().item()
+    return float((ours - ref).abs().max().item() / scale) if scale > 0 else float("nan")

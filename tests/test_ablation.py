@@ -23,7 +23,10 @@ TOWER = dict(widths=[16, 32, 32, 32, 32], conv1_kernel=5, fc=64)
 CASES = {
     "allcnn_conv8": ("all_cnn_c", dict(width=0.25), 1, 28, "conv8", "conv9", "conv9"),  # 1x1
     "allcnn_conv6": ("all_cnn_c", dict(width=0.25), 1, 28, "conv6", "conv9", "conv7"),  # 3x3 p0
-    "tower_conv5": ("two_tower_alexnet", TOWER, 1, 28, "conv5", "fc8", None),  # max-pool above
+    # a max-pool, a flatten and an eval dropout between conv5 and fc6: fc6 is updated
+    "tower_conv5": ("two_tower_alexnet", TOWER, 1, 28, "conv5", "fc8", "fc6"),
+    # torchvision's AlexNet: max-pool, adaptive average pool, flatten, dropout, fc6
+    "alexnet_conv5": ("alexnet", {}, 3, 64, "conv5", "fc8", "fc6"),
     "mlp_sigmoid_fc1": ("mlp", dict(hidden=[32, 32]), 1, 28, "fc1", "fc3", None),  # sigmoid
     "mlp_relu_fc1": ("mlp", dict(hidden=[32, 32], activation="relu"), 1, 28, "fc1", "fc3", "fc2"),
     "squeezenet_fire9": ("squeezenet1_1", {}, 3, 64, "fire9", "conv10", "classifier.1"),
@@ -84,7 +87,7 @@ def _case(name: str):
     """A seeded float64 net in eval mode, its inputs in uneven chunks, and labels with every
     class present: the net's own predictions, some relabelled to the classes it never predicts."""
     arch, args, channels, px, layer, last, _ = CASES[name]
-    chunks = SQUEEZENET_CHUNKS if arch == "squeezenet1_1" else SMALL_CHUNKS
+    chunks = SQUEEZENET_CHUNKS if arch in ("squeezenet1_1", "alexnet") else SMALL_CHUNKS
     torch.manual_seed(0)
     model = build(arch, CLASSES, channels, **args).double().eval()
     x = torch.randn(sum(chunks), channels, px, px, dtype=torch.float64)
@@ -110,6 +113,8 @@ def _engine(name: str, linear_update: bool = True, cache_mb: float = 1e6) -> ab.
 
 
 def _units(name: str, units: int) -> list[int]:
+    if name.startswith("alexnet"):
+        return [u for u in SQUEEZENET_UNITS if u < 256]  # 0, 20, 70, ..., 255 of conv5
     return SQUEEZENET_UNITS if name.startswith("squeezenet") else list(range(units))
 
 
@@ -128,9 +133,10 @@ def _naive_single(name: str, units: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_single_unit_ablation_equals_one_full_pass_per_unit(name, linear_update):
     model, x, y, _, _ = _case(name)
-    above = CASES[name][-1]
+    arch, above = CASES[name][0], CASES[name][-1]
     engine = _engine(name, linear_update)
-    assert engine.split.first is (model.get_submodule(above) if above else None)
+    path = above if above is None or "." in above else layer_path(arch, above)
+    assert engine.split.first is (model.get_submodule(path) if above else None)
     assert engine.linear_update == (linear_update and above is not None)
     assert engine.classes == CLASSES
     assert torch.equal(engine.class_totals(), torch.bincount(y, minlength=CLASSES))
@@ -139,10 +145,11 @@ def test_single_unit_ablation_equals_one_full_pass_per_unit(name, linear_update)
     base, naive = _naive_single(name, units)
     ones = torch.ones(1, units, dtype=torch.bool)
     assert torch.equal(engine.correct(ones)[0], base)
-    assert units % 5 != 0
-    got = engine.correct(ab.single_units(units), group=5)
-    assert got.shape == (units, CLASSES)
-    assert torch.equal(got[_units(name, units)], naive)
+    chosen = _units(name, units)
+    assert len(chosen) % 5 != 0  # the last group is short
+    got = engine.correct(ab.single_units(units)[chosen], group=5)
+    assert got.shape == (len(chosen), CLASSES)
+    assert torch.equal(got, naive)
     # the check has teeth: zeroing a unit changes the counts, in more than one class
     changed = (naive != base).any(1)
     assert changed.sum() >= 3
@@ -325,9 +332,9 @@ def test_a_skip_connection_below_the_cut_is_fine():
     assert split.first is None  # a mean follows the ReLU, not a conv / linear layer
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     with torch.no_grad():
-        assert torch.equal(split.upper(split.lower(x)), model(x))
+        assert torch.equal(split.upper(split.lower(x)[1]), model(x))
         h = model.conv_b(F.relu(model.conv_a(x))) + x
-        assert torch.equal(split.lower(x), model.conv_c(h).relu())  # x.relu() moved below
+        assert torch.equal(split.lower(x)[1], model.conv_c(h).relu())  # x.relu() moved below
 
 
 def test_resnet_block_is_refused_inside_and_fine_as_a_whole():
@@ -339,7 +346,7 @@ def test_resnet_block_is_refused_inside_and_fine_as_a_whole():
     assert split.first is None
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(split.upper(split.lower(x)), model(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(split.upper(split.lower(x)[1]), model(x), rtol=0, atol=1e-6)
 
 
 def test_a_module_run_twice_is_refused():
@@ -395,11 +402,74 @@ def test_functional_and_method_relus_move_below_the_cut():
     with torch.no_grad():
         split = ab.split_at(model, "conv_a")
         assert split.first is model.conv_b
-        assert torch.equal(split.lower(x), F.relu(model.conv_a(x)))
-        assert torch.equal(split.upper(model.conv_b(split.lower(x))), model(x))
+        assert torch.equal(split.lower(x)[1], F.relu(model.conv_a(x)))
+        assert torch.equal(split.upper(model.conv_b(split.lower(x)[1])), model(x))
         split = ab.split_at(model, "conv_b")
         assert split.first is None
-        assert torch.equal(split.lower(x), torch.relu(model.conv_b(F.relu(model.conv_a(x)))))
+        assert torch.equal(split.lower(x)[1], torch.relu(model.conv_b(F.relu(model.conv_a(x)))))
+
+
+def test_pools_and_a_flatten_move_below_the_cut_and_the_linear_layer_is_updated():
+    """The two-tower net's conv5 -> relu5 -> pool5 -> flatten -> drop6 -> fc6: zeroing a
+    channel commutes with the ReLU and the max-pool, so the cache holds the pooled features,
+    fc6 reads them flattened (each unit a block of columns) and is updated by the unit's block;
+    the class statistics stay on the rectified, unpooled activations. Without `commute`, the
+    cut stops at the ReLU (the engine before)."""
+    model, x, _, _, path = _case("tower_conv5")
+    split = ab.split_at(model, path)
+    assert split.first is model.fc6 and split.flatten
+    with torch.no_grad():
+        rectified, features = split.lower(x)
+        conv5 = model.relu5(model.conv5(model.relu4(model.conv4(model.relu3(model.conv3(
+            model.pool2(model.norm2(model.relu2(model.conv2(
+                model.pool1(model.norm1(model.relu1(model.conv1(x))))))))))))))  # fmt: skip
+        assert torch.equal(rectified, conv5) and torch.equal(features, model.pool5(conv5))
+        assert torch.equal(split.upper(split.first_of(features)), model(x))
+        units = torch.tensor([3, 0])
+        for g, u in enumerate(units):
+            zeroed = features.clone()
+            zeroed[:, u] = 0
+            want = model.fc6(features.flatten(1)) - model.fc6(zeroed.flatten(1))
+            torch.testing.assert_close(
+                ab._contribution(model.fc6, features, units)[g], want, rtol=0, atol=1e-12
+            )
+    before = ab.split_at(model, path, commute=False)
+    assert before.first is None and not before.flatten
+    assert torch.equal(before.lower(x)[1], rectified)
+
+
+class _PoolThenConv(nn.Module):
+    """A functional max-pool and an average pool between two convolutions; an nn.Flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = nn.Conv2d(2, 4, 3)
+        self.pool = nn.AvgPool2d(2, 1, padding=1)
+        self.conv_b = nn.Conv2d(4, 3, 3, padding=1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(3 * 4 * 4, CLASSES)
+
+    def forward(self, x):
+        h = self.pool(F.max_pool2d(F.relu(self.conv_a(x)), 2, 2, 1))
+        return self.fc(self.flat(F.max_pool2d(self.conv_b(h).relu(), 2)))
+
+
+@pytest.mark.parametrize("layer, first", [("conv_a", "conv_b"), ("conv_b", "fc")])
+def test_every_per_channel_pool_commutes_with_zeroing(layer, first):
+    torch.manual_seed(5)
+    model = _PoolThenConv().double().eval()
+    x = torch.randn(30, 2, 14, 14, dtype=torch.float64)
+    _standardise(model, model.fc, x)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:CLASSES] = torch.arange(CLASSES)
+    engine = ab.Ablation(model, layer, "cpu")
+    assert engine.split.first is model.get_submodule(first)
+    engine.cache(zip(x.split(11), y.split(11), strict=True), 1e6, len(x))
+    units = 4 if layer == "conv_a" else 3
+    naive = _naive(model, layer, x, y, [[u] for u in range(units)])
+    assert torch.equal(engine.correct(ab.single_units(units), group=2), naive)
+    assert (naive != _naive(model, layer, x, y, [()])).any(1).sum() >= 1
 
 
 # --------------------------------------------------------------------------- selectivity

@@ -229,6 +229,11 @@ def test_conditions_name_the_model_and_the_run():
     cond = every["effective_context"]["conditions"]
     assert "lm_prose: 1.2M-parameter LSTM LM, 1 epoch(s) of 0.8M tokens on prose" in cond
     assert f"{N} targets of the valid split" in cond
+    # a model trained on 0.8M tokens cannot show a 200-token context: the conditions say so,
+    # on that claim alone
+    note = "lm_prose read 0.8M training tokens, under a hundredth of the paper's 465M"
+    assert note in cond and "cannot be measured meaningfully" in cond
+    assert note not in every["local_order_nearby"]["conditions"]
 
 
 def test_a_checkpoint_of_another_vocabulary_is_refused(tmp_path, monkeypatch):

@@ -176,7 +176,12 @@ def claims(result: Computed) -> dict:
     info = result.metrics["models"]
     iters = result.metrics.get("iterations")
     conditions = (
-        (f"{iters} of the paper's 3,100 iterations; " if iters and iters < 3100 else "")
+        (
+            f"{iters} of the paper's 3,100 iterations (too few for the reconstructions to "
+            "converge: at this budget the claim cannot be measured meaningfully); "
+            if iters and iters < 3100
+            else ""
+        )
         + "; ".join(f"{n}: {v['images']} image(s) at {v['size']} px" for n, v in info.items())
         + (" (one image: no interval)" if any(v["images"] < 2 for v in info.values()) else "")
         + "; the paper: AlexNet at 227 px"

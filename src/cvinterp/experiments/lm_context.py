@@ -526,6 +526,28 @@ def _conditions(results: dict, model_metrics: dict, settings: dict) -> str:
     )
 
 
+#: Tokens the paper's AWD-LSTM read in training: 500 epochs of PTB's 0.93M.
+PAPER_TRAINING_TOKENS = 500 * 0.93e6
+
+
+def _budget_note(model_metrics: dict, losses: dict) -> str:
+    """Where a model read under a hundredth of the paper's training tokens: that a ~200-token
+    effective context cannot be measured meaningfully at this budget."""
+    short = []
+    for n in losses:
+        mm = model_metrics.get(n, {})
+        seen = len(mm.get("history", [])) * (mm.get("train_tokens_per_epoch") or 0)
+        if seen and seen < PAPER_TRAINING_TOKENS / 100:
+            short.append(f"{n} read {seen / 1e6:.2g}M training tokens")
+    if not short:
+        return ""
+    paper = f"{PAPER_TRAINING_TOKENS / 1e6:.0f}M"
+    return (
+        f"; {', '.join(short)}, under a hundredth of the paper's {paper}: at this budget a "
+        "~200-token effective context cannot be measured meaningfully"
+    )
+
+
 def context_claims(
     results: dict, losses: dict, settings: dict, model_metrics: dict, *, seed: int = 0
 ) -> dict:
@@ -548,7 +570,9 @@ def context_claims(
             note=note if math.isinf(k) else None,
         )
         texts.append(f"{n}: {_show(k, sizes, tol)}")
-    claims["effective_context"] = stats.claim(parts, "; ".join(texts), cond)
+    claims["effective_context"] = stats.claim(
+        parts, "; ".join(texts), cond + _budget_note(model_metrics, losses)
+    )
 
     # word order: the smallest boundary beyond which shuffling changes the loss within tol
     parts, texts, left = {}, [], {}

@@ -7,12 +7,16 @@ unit. `Ablation` does it once:
   which runs once over the data and whose output is cached (on the device when it fits, else in
   host memory, streamed back chunk by chunk), and the part above, which is re-run;
 - the part above runs for many units at once, as one batch: copy g of a chunk zeroes unit g;
-- ReLUs (and dropout, in eval mode) right after the layer move below the cut: zeroing a unit
-  commutes with them, since relu(0) = 0; the cached features are then the rectified ones, the
-  activations whose class means give the selectivity index;
-- when the next layer is a convolution or a linear layer, its output is computed once and each
-  ablation subtracts only the ablated unit's contribution (one grouped convolution for all units
-  of a batch), instead of recomputing the layer.
+- the operations right after the layer that act on each channel alone and map a zero channel
+  to a zero channel move below the cut, since zeroing a unit commutes with them: ReLUs
+  (relu(0) = 0), dropout in eval mode, max and average pools (adaptive ones too). The class
+  statistics (selectivity, class correlations) are taken before the pools, on the rectified
+  activations;
+- when the next layer is a convolution or a linear layer (after a flatten, and eval dropout,
+  where the pools' output is flattened into it), its output is computed once and each ablation
+  subtracts only the ablated unit's contribution: a convolution's unit slice over the unit's
+  patches, a linear layer's columns of the unit (AlexNet conv5: 36 of fc6's 9216), instead of
+  recomputing the layer.
 
 `Ablation.correct(keep)` returns the number of correctly classified images per class for each
 keep-mask (units zeroed where False): single units, or the cumulative curves.
@@ -43,8 +47,9 @@ class AblationError(RuntimeError):
     """The model cannot be cut at this layer (e.g. a skip connection crosses the cut)."""
 
 
-class _Tracer(fx.Tracer):
-    """Keeps the ablated module (and torch's own modules) as single graph nodes."""
+class LeafTracer(fx.Tracer):
+    """Keeps one module (`leaf`, a module path: the ablated or recorded layer) and torch's own
+    modules as single graph nodes."""
 
     def __init__(self, leaf: str):
         super().__init__()
@@ -67,8 +72,59 @@ def _transparent(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target in ("relu", "relu_")
 
 
+_POOLS = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)  # fmt: skip
+_POOL_FUNCTIONS = {F.avg_pool2d, F.adaptive_avg_pool2d, F.max_pool2d, F.adaptive_max_pool2d}
+
+
+def _per_channel(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A node that maps each channel to itself alone and a zero channel to a zero channel:
+    what `_transparent` passes, identities, and pools (max, average, adaptive; the max of a
+    window of zeros is 0, padding or not)."""
+    if _transparent(node, modules):
+        return True
+    if node.op == "call_module":
+        m = modules[node.target]
+        return isinstance(m, nn.Identity) or (
+            isinstance(m, _POOLS) and not getattr(m, "return_indices", False)
+        )
+    return (
+        node.op == "call_function"
+        and node.target in _POOL_FUNCTIONS
+        and not node.kwargs.get("return_indices", False)
+        and len(node.args) < 7  # F.max_pool2d's seventh argument is return_indices
+    )
+
+
+def _identity(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return node.op == "call_module" and (
+        isinstance(modules[node.target], nn.Identity)
+        or (isinstance(modules[node.target], nn.Dropout) and not modules[node.target].training)
+    )
+
+
+def _flattens(node: fx.Node, x: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether `node` is x flattened from dimension 1 on (channel-major: unit u's positions are
+    one block of columns)."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        return isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) == (1, -1)
+    start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
+    end = node.kwargs.get("end_dim", node.args[2] if len(node.args) > 2 else -1)
+    function = node.op == "call_function" and node.target is torch.flatten
+    method = node.op == "call_method" and node.target == "flatten"
+    return (function or method) and node.args[0] is x and (start, end) == (1, -1)
+
+
 def _subgraph(
-    root: nn.Module, nodes: list[fx.Node], inputs: list[fx.Node], output: fx.Node, path: str
+    root: nn.Module,
+    nodes: list[fx.Node],
+    inputs: list[fx.Node],
+    output: fx.Node | tuple[fx.Node, ...],
+    path: str,
 ) -> fx.GraphModule:
     graph = fx.Graph()
     env = {n: graph.placeholder(n.name if n.op != "placeholder" else "x") for n in inputs}
@@ -83,20 +139,29 @@ def _subgraph(
 
     for n in nodes:
         env[n] = graph.node_copy(n, arg)
-    graph.output(env[output])
+    graph.output(tuple(env[o] for o in output) if isinstance(output, tuple) else env[output])
     return fx.GraphModule(root, graph)
 
 
 @dataclass
 class Split:
-    lower: fx.GraphModule  # input -> features (the ablated layer's output, rectified)
+    # input -> (the ablated layer's output rectified, the features at the cut: the same after
+    # the per-channel operations that moved below the cut)
+    lower: fx.GraphModule
     first: nn.Module | None  # the conv / linear layer right above, when there is one
     upper: fx.GraphModule  # first's output (or the features) -> the model's output
+    flatten: bool = False  # first reads the features flattened from dimension 1
+
+    def first_of(self, f: torch.Tensor) -> torch.Tensor:
+        """The layer above on features f."""
+        return self.first(f.flatten(1) if self.flatten else f)
 
 
-def split_at(model: nn.Module, path: str) -> Split:
-    """Cut `model` after module `path` (and the ReLUs / eval dropouts right after it)."""
-    tracer = _Tracer(path)
+def split_at(model: nn.Module, path: str, commute: bool = True) -> Split:
+    """Cut `model` after module `path` and the ReLUs / eval dropouts right after it; with
+    `commute`, also after the pools after those (`_per_channel`), and find the layer above that
+    can be updated linearly, through a flatten."""
+    tracer = LeafTracer(path)
     graph = tracer.trace(model)
     modules = dict(model.named_modules())
     nodes = list(graph.nodes)
@@ -106,33 +171,55 @@ def split_at(model: nn.Module, path: str) -> Split:
     cut = cuts[0]
     while len(cut.users) == 1 and _transparent(next(iter(cut.users)), modules):
         cut = next(iter(cut.users))
+    rectified = cut
+
+    def after(node: fx.Node) -> fx.Node | None:
+        """The one user of node, when it comes right after it and reads nothing else."""
+        user = next(iter(node.users)) if len(node.users) == 1 else None
+        ok = user is not None and nodes.index(user) == nodes.index(node) + 1
+        return user if ok and user.all_input_nodes == [node] else None
+
+    while commute and (user := after(cut)) is not None and _per_channel(user, modules):
+        cut = user
     at = nodes.index(cut)
     placeholders = [n for n in nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise AblationError("the model must take one input")
     (output,) = [n for n in nodes if n.op == "output"]
-    lower = _subgraph(tracer.root, nodes[1 : at + 1], placeholders, cut, path)
+    lower = _subgraph(tracer.root, nodes[1 : at + 1], placeholders, (rectified, cut), path)
     above = [n for n in nodes[at + 1 :] if n.op != "output"]
-    first = None
-    if above and len(cut.users) == 1 and above[0] in cut.users and above[0].op == "call_module":
-        m = modules[above[0].target]
+    first, flatten, reads = None, False, cut
+    if commute and (user := after(cut)) is not None and _flattens(user, cut, modules):
+        reads = user  # a linear layer may read the flattened features, through identities
+        while (user := after(reads)) is not None and _identity(user, modules):
+            reads = user
+    skip = above.index(reads) + 1 if reads is not cut else 0
+    top = above[skip] if len(above) > skip else None
+    if top is not None and len(reads.users) == 1 and top.op == "call_module":
+        m = modules[top.target]
         conv = (
             isinstance(m, nn.Conv2d)
             and m.groups == 1
             and m.padding_mode == "zeros"
             and not isinstance(m.padding, str)
+            and reads is cut
         )
-        if (conv or isinstance(m, nn.Linear)) and above[0].args == (cut,):
-            first = m
-    start = above[0] if first is not None else cut
-    rest = above[1:] if first is not None else above
+        if (conv or isinstance(m, nn.Linear)) and top.args == (reads,) and not top.kwargs:
+            first, flatten = m, reads is not cut
+    start = top if first is not None else cut
+    rest = above[skip + 1 :] if first is not None else above
     upper = _subgraph(tracer.root, rest, [start], output.args[0], path)
-    return Split(lower, first, upper)
+    return Split(lower, first, upper, flatten)
 
 
 def _contribution(first: nn.Module, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """(g, n, ...) what each of the g units adds to `first`'s output on the n inputs `x`."""
     xs = x[:, units]
+    if isinstance(first, nn.Linear) and x.dim() > 2:
+        # x (n, C, ...) flattened into the layer: unit u adds its block of positions times
+        # its block of columns
+        w = first.weight.view(first.out_features, x.shape[1], -1)[:, units]  # (O, g, S)
+        return torch.einsum("ngs,ogs->gno", xs.flatten(2), w)
     if isinstance(first, nn.Linear):  # x (n, C): unit u adds x[:, u] * W[:, u]
         return xs.T[:, :, None] * first.weight[:, units].T[:, None, :]
     # a convolution is a matrix product over unfolded patches: unit u's share is its weight
@@ -187,15 +274,24 @@ def cache_on_device(
 class Ablation:
     """The evaluation set's features at the cut, cached once; the part above re-run per edit."""
 
-    def __init__(self, model: nn.Module, path: str, device, *, linear_update: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        path: str,
+        device,
+        *,
+        linear_update: bool = True,
+        commute: bool = True,
+    ):
         model.eval()  # the split is traced in eval mode (dropout is the identity)
-        self.split = split_at(model, path)
+        self.split = split_at(model, path, commute)
         self.device = torch.device(device)
         # cuDNN's TF32 convolutions would compute the layer once at lower precision than the
         # subtracted contributions, and can flip a prediction: recompute the layer instead
         tf32 = self.device.type == "cuda" and torch.backends.cudnn.allow_tf32
         self.linear_update = linear_update and self.split.first is not None and not tf32
         self.chunks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (features, labels)
+        self.means: list[torch.Tensor] = []  # per chunk (n, units): spatial means, float64
         self.classes = 0
         self.on_host = False
 
@@ -211,10 +307,15 @@ class Ablation:
         if all of it fits in `cache_mb` and in the device's free memory less what the passes
         above the cut need (`cache_on_device`), else in host memory (pinned on a CUDA device,
         so that the chunks stream back with asynchronous copies)."""
-        host, self.chunks = None, []
+        host, self.chunks, self.means = None, [], []
         pin = self.device.type == "cuda"
         for x, y in batches:
-            f = self.split.lower(x.to(self.device))
+            act, f = self.split.lower(x.to(self.device))
+            # the class statistics' activations: the layer's rectified output, before any pool
+            self.means.append(
+                act.flatten(2).mean(2, dtype=torch.float64) if act.dim() > 2 else act.double()
+            )
+            del act
             if host is None:
                 chunk = f.numel() * f.element_size()
                 total = f[0].numel() * f.element_size() * n_images
@@ -242,9 +343,8 @@ class Ablation:
         """(classes, units) mean activation (over positions and images) of each class."""
         sums = torch.zeros(self.classes, self.units, dtype=torch.float64, device=self.device)
         counts = torch.zeros(self.classes, dtype=torch.float64, device=self.device)
-        for f, y in self._features():
-            per_image = f.flatten(2).mean(2) if f.dim() > 2 else f
-            sums.index_add_(0, y, per_image.double())
+        for per_image, (_, y) in zip(self.means, self.chunks, strict=True):
+            sums.index_add_(0, y, per_image)
             counts += torch.bincount(y, minlength=self.classes).double()
         return sums / counts.clamp(min=1)[:, None]
 
@@ -293,7 +393,7 @@ class Ablation:
                 at = at.to(y.device)
                 f, y = f[at], y[at]
             rows = []
-            base = self.split.first(f) if self.linear_update else None
+            base = self.split.first_of(f) if self.linear_update else None
             for e0 in range(0, len(keep), group):
                 k = keep[e0 : e0 + group]
                 g = len(k)
@@ -306,7 +406,7 @@ class Ablation:
                     shape = (g, 1, k.shape[1]) + (1,) * (f.dim() - 2)
                     edited = (f[None] * k.view(shape).to(f.dtype)).flatten(0, 1)
                     if self.split.first is not None:
-                        edited = self.split.first(edited)
+                        edited = self.split.first_of(edited)
                     logits = self.split.upper(edited)
                 counts, right = self._count(logits, y, g)
                 out[e0 : e0 + g] += counts
@@ -334,9 +434,8 @@ class Ablation:
         Streams over the chunks, summing in float64 the values shifted by the first image's
         (which keeps the sums small, and makes a constant column exactly 0)."""
         n, shift, sums = 0, None, None
-        for f, _ in self._features():
-            a = f.flatten(2).mean(2, dtype=torch.float64) if f.dim() > 2 else f.double()
-            z = self.split.first(f) if self.split.first is not None else f
+        for a, (f, _) in zip(self.means, self._features(), strict=True):
+            z = self.split.first_of(f) if self.split.first is not None else f
             p = torch.softmax(self.split.upper(z).double(), 1)
             if shift is None:
                 shift = a[0].clone(), p[0].clone()
