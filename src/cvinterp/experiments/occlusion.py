@@ -67,6 +67,7 @@ def compute(
             "layer": s["layer"],
             "p_true_clean": [om.p_true_clean for om in maps],
             "p_true_min": [float(om.p_true.min()) for om in maps],
+            "inference": sorted({om.inference for om in maps}),
         }
         if model.spec.get("dataset") == "fashion_mnist":
             info["object_vs_background"], drops[name] = _object_vs_background(
