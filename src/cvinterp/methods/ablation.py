@@ -106,9 +106,9 @@ def _identity(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     )
 
 
-def _flattens(node: fx.Node, x: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether `node` is x flattened from dimension 1 on (channel-major: unit u's positions are
-    one block of columns)."""
+def _flattens(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether `node` flattens its input from dimension 1 on (channel-major: unit u's positions
+    are one block of columns)."""
     if node.op == "call_module":
         m = modules[node.target]
         return isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) == (1, -1)
@@ -116,7 +116,7 @@ def _flattens(node: fx.Node, x: fx.Node, modules: dict[str, nn.Module]) -> bool:
     end = node.kwargs.get("end_dim", node.args[2] if len(node.args) > 2 else -1)
     function = node.op == "call_function" and node.target is torch.flatten
     method = node.op == "call_method" and node.target == "flatten"
-    return (function or method) and node.args[0] is x and (start, end) == (1, -1)
+    return (function or method) and (start, end) == (1, -1)
 
 
 def _subgraph(
@@ -189,7 +189,7 @@ def split_at(model: nn.Module, path: str, commute: bool = True) -> Split:
     lower = _subgraph(tracer.root, nodes[1 : at + 1], placeholders, (rectified, cut), path)
     above = [n for n in nodes[at + 1 :] if n.op != "output"]
     first, flatten, reads = None, False, cut
-    if commute and (user := after(cut)) is not None and _flattens(user, cut, modules):
+    if commute and (user := after(cut)) is not None and _flattens(user, modules):
         reads = user  # a linear layer may read the flattened features, through identities
         while (user := after(reads)) is not None and _identity(user, modules):
             reads = user

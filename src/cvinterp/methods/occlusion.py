@@ -320,7 +320,7 @@ class Incremental:
                 raise IncrementalError(f"the layer {layer!r} runs {len(runs)} times, not once")
             self.layer = runs[0]
         self.clean: dict[fx.Node, object] = {}
-        self._padded: dict[tuple, torch.Tensor] = {}
+        self._padded: dict[fx.Node, torch.Tensor] = {}  # a layer's clean input, padded
         self.first_full: fx.Node | None = None
         env = self.clean
         for node in self.graph.nodes:
@@ -426,12 +426,13 @@ class Incremental:
         if unary and len(patches) == 1 and node.args[0] is patches[0]:
             args, kwargs = self._args(node, {**env, patches[0]: first.v}, copy=copy)
             return _Patch(clean_out, first.y, first.x, self._call(node, args, kwargs))
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-        if (node.op == "call_function" and node.target in _BINARY and not node.kwargs) or (
-            node.op == "call_function" and node.target is torch.cat and dim in (1, -3)
-        ):
-            return self._union(node, [env[n] for n in patches], patches, env)
-        return None
+        if node.op != "call_function":
+            return None
+        binary = node.target in _BINARY and not node.kwargs
+        cat = node.target is torch.cat and node.kwargs.get(
+            "dim", node.args[1] if len(node.args) > 1 else 0
+        ) in (1, -3)
+        return self._union(node, [env[n] for n in patches], patches, env) if binary or cat else None
 
     def _sliding(self, node: fx.Node, layer: _Spatial, p: _Patch) -> _Patch | None:
         clean_out = self.clean[node]
@@ -451,20 +452,19 @@ class Incremental:
         out_size = tuple(clean_out.shape[2:])
         if sizes[0] * sizes[1] >= self.full_above * out_size[0] * out_size[1]:
             return None
-        key = (node, "pad")
-        if key not in self._padded:
+        if node not in self._padded:
             c = p.clean
             bottom = max(0, ends[0] - c.shape[2])
             right = max(0, ends[1] - c.shape[3])
             pad = (layer.padding[1], right, layer.padding[0], bottom)
-            self._padded[key] = F.pad(c, pad, value=layer.pad_value)
+            self._padded[node] = F.pad(c, pad, value=layer.pad_value)
         span = [
             (sizes[a] - 1) * layer.stride[a] + layer.dilation[a] * (layer.kernel[a] - 1) + 1
             for a in (0, 1)
         ]
         y = starts[0] * layer.stride[0] - layer.padding[0]
         x = starts[1] * layer.stride[1] - layer.padding[1]
-        window = _window(self._padded[key], layer.padding, y, x, tuple(span), p)
+        window = _window(self._padded[node], layer.padding, y, x, tuple(span), p)
         return _Patch(clean_out, starts[0], starts[1], layer.apply(window))
 
     def _union(self, node, parts: list[_Patch], nodes, env) -> _Patch | None:
